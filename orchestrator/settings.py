@@ -1,0 +1,228 @@
+"""One frozen settings tree, read once from the environment and passed down.
+
+This is the only module that reads the environment (``Settings.from_env`` is handed the
+mapping; nothing here touches ``os.environ`` at import time).  Every invalid value is a
+``ConfigError`` whose message names the variable: upstream silently falls back, we do not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import pathlib
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from orchestrator.errors import ConfigError
+
+_SOURCE_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+_SIZE_RE = re.compile(r"^([1-9]\d*)([bkmg])$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_BASE_IMAGE_RE = re.compile(r"^SANDBOX_BASE_([A-Z0-9_]+)_IMAGE$")
+
+
+def parse_size(name: str, value: str) -> int:
+    """``256m`` -> bytes; the upstream form ``[1-9]\\d*(b|k|m|g)``."""
+    match = _SIZE_RE.match(value.strip())
+    if not match:
+        raise ConfigError(f"{name}: invalid size {value!r} (expected e.g. 256m, 1g, 512k)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def parse_duration(name: str, value: str) -> float:
+    """``10s``, ``2m``, ``1m30s``, ``500ms`` or a bare number of seconds -> seconds."""
+    text = value.strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        match = _DURATION_RE.match(text)
+        if not text or not match or not any(match.groups()):
+            raise ConfigError(
+                f"{name}: invalid duration {value!r} (expected e.g. 10s, 90s, 2m, 1m30s, 500ms or 60)"
+            ) from None
+        hours, minutes, secs, millis = match.groups()
+        seconds = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0) + int(millis or 0) / 1000
+    if not 0 < seconds <= 24 * 3600:
+        raise ConfigError(f"{name}: duration {value!r} must be more than 0 and at most 24h")
+    return seconds
+
+
+def parse_bool(name: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{name}: invalid boolean {value!r} (expected one of 1/true/yes/on or 0/false/no/off)")
+
+
+def parse_int(name: str, value: str, *, minimum: int, maximum: int) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: invalid integer {value!r}") from None
+    if not minimum <= number <= maximum:
+        raise ConfigError(f"{name}: {number} is out of range [{minimum}, {maximum}]")
+    return number
+
+
+def parse_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    text = value.strip().lower()
+    if text not in choices:
+        raise ConfigError(f"{name}: invalid value {value!r} (expected one of {', '.join(choices)})")
+    return text
+
+
+def parse_host(name: str, value: str) -> str:
+    text = value.strip()
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if text != "localhost":
+            raise ConfigError(f"{name}: invalid bind address {value!r} (expected an IP address)") from None
+    return text
+
+
+def parse_path(name: str, value: str) -> pathlib.Path:
+    path = pathlib.Path(value.strip())
+    if not value.strip() or not path.is_absolute():
+        raise ConfigError(f"{name}: {value!r} must be an absolute path")
+    return path
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-run resource limits."""
+
+    memory_bytes: int = 256 * 1024**2
+    timeout_s: float = 10.0
+    output_bytes: int = 1024**2  # per stream (stdout, stderr)
+    tmp_bytes: int = 64 * 1024**2
+    workspace_bytes: int = 64 * 1024**2
+    pids: int = 128
+
+
+@dataclass(frozen=True)
+class RunscSettings:
+    binary: pathlib.Path = pathlib.Path("/usr/bin/runsc")
+    platform: str = "ptrace"
+    network: str = "none"
+    enable_seccomp: bool = False
+    debug_log_dir: pathlib.Path | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 9385
+    pool_size: int = 1
+    max_concurrency: int = 8
+    queue_timeout_s: float = 10.0
+    boot_timeout_s: float = 60.0
+    max_request_bytes: int = 10 * 1024**2
+    enable_static_check: bool = True
+    limits: Limits = field(default_factory=Limits)
+    runsc: RunscSettings = field(default_factory=RunscSettings)
+    state_dir: pathlib.Path = pathlib.Path("/run/gvisor-sandbox")
+    rootfs_dir: pathlib.Path = pathlib.Path("/var/lib/gvisor-sandbox/rootfs")
+    languages_dirs: tuple[pathlib.Path, ...] = (_SOURCE_ROOT / "languages",)
+    base_images: Mapping[str, str] = field(default_factory=dict)
+    cgroup_parent: str = "gvisor-sandbox"
+    sandbox_uid: int = 10001
+    sandbox_gid: int = 10001
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+        """Build settings from an environment mapping; unknown variables are ignored."""
+        default = cls()
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return None if value is None or value.strip() == "" else value
+
+        def read(name, parse, fallback):
+            value = get(name)
+            return fallback if value is None else parse(name, value)
+
+        limits = Limits(
+            memory_bytes=read("SANDBOX_MAX_MEMORY", parse_size, default.limits.memory_bytes),
+            timeout_s=read("SANDBOX_TIMEOUT", parse_duration, default.limits.timeout_s),
+            output_bytes=read("SANDBOX_MAX_OUTPUT", parse_size, default.limits.output_bytes),
+            tmp_bytes=read("SANDBOX_TMP_SIZE", parse_size, default.limits.tmp_bytes),
+            workspace_bytes=read("SANDBOX_WORKSPACE_SIZE", parse_size, default.limits.workspace_bytes),
+            pids=read("SANDBOX_MAX_PIDS", lambda n, v: parse_int(n, v, minimum=8, maximum=65536), default.limits.pids),
+        )
+        if limits.memory_bytes < 16 * 1024**2:
+            raise ConfigError("SANDBOX_MAX_MEMORY: must be at least 16m (an interpreter needs that much to start)")
+
+        runsc_binary = get("SANDBOX_RUNSC")
+        if runsc_binary is None:
+            found = shutil.which("runsc")
+            binary = pathlib.Path(found) if found else default.runsc.binary
+        else:
+            binary = parse_path("SANDBOX_RUNSC", runsc_binary)
+        runsc = RunscSettings(
+            binary=binary,
+            platform=read("SANDBOX_RUNSC_PLATFORM", lambda n, v: parse_choice(n, v, ("ptrace", "kvm", "systrap")),
+                          default.runsc.platform),
+            network=read("SANDBOX_CONTAINER_NETWORK", lambda n, v: parse_choice(n, v, ("none",)), default.runsc.network),
+            enable_seccomp=read("SANDBOX_ENABLE_SECCOMP", parse_bool, default.runsc.enable_seccomp),
+            debug_log_dir=read("SANDBOX_RUNSC_DEBUG_LOG_DIR", parse_path, None),
+        )
+
+        languages_dirs = default.languages_dirs
+        raw_dirs = get("SANDBOX_LANGUAGES_DIR")
+        if raw_dirs is not None:
+            languages_dirs = tuple(parse_path("SANDBOX_LANGUAGES_DIR", part) for part in raw_dirs.split(":") if part)
+
+        base_images = {}
+        for name, value in env.items():
+            match = _BASE_IMAGE_RE.match(name)
+            if match and value.strip():
+                base_images[match.group(1).lower()] = value.strip()
+
+        settings = cls(
+            host=read("SANDBOX_EXECUTOR_MANAGER_HOST", parse_host, default.host),
+            port=read("SANDBOX_EXECUTOR_MANAGER_PORT", lambda n, v: parse_int(n, v, minimum=1, maximum=65535),
+                      default.port),
+            pool_size=read("SANDBOX_EXECUTOR_MANAGER_POOL_SIZE",
+                           lambda n, v: parse_int(n, v, minimum=0, maximum=64), default.pool_size),
+            max_concurrency=read("SANDBOX_MAX_CONCURRENCY", lambda n, v: parse_int(n, v, minimum=1, maximum=256),
+                                 default.max_concurrency),
+            queue_timeout_s=read("SANDBOX_QUEUE_TIMEOUT", parse_duration, default.queue_timeout_s),
+            boot_timeout_s=read("SANDBOX_BOOT_TIMEOUT", parse_duration, default.boot_timeout_s),
+            max_request_bytes=read("SANDBOX_MAX_REQUEST_SIZE", parse_size, default.max_request_bytes),
+            enable_static_check=read("SANDBOX_ENABLE_AST_ANALYSIS", parse_bool, default.enable_static_check),
+            limits=limits,
+            runsc=runsc,
+            state_dir=read("SANDBOX_STATE_DIR", parse_path, default.state_dir),
+            rootfs_dir=read("SANDBOX_ROOTFS_DIR", parse_path, default.rootfs_dir),
+            languages_dirs=languages_dirs,
+            base_images=base_images,
+            cgroup_parent=read("SANDBOX_CGROUP_PARENT", _parse_cgroup_name, default.cgroup_parent),
+            sandbox_uid=read("SANDBOX_UID", lambda n, v: parse_int(n, v, minimum=1, maximum=2**31 - 2),
+                             default.sandbox_uid),
+            sandbox_gid=read("SANDBOX_GID", lambda n, v: parse_int(n, v, minimum=1, maximum=2**31 - 2),
+                             default.sandbox_gid),
+            log_level=read("SANDBOX_LOG_LEVEL",
+                           lambda n, v: parse_choice(n, v, ("debug", "info", "warning", "error")).upper(),
+                           default.log_level),
+        )
+        return settings
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _parse_cgroup_name(name: str, value: str) -> str:
+    text = value.strip().strip("/")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", text) or ".." in text.split("/"):
+        raise ConfigError(f"{name}: invalid cgroup name {value!r} (letters, digits, _ . - and /)")
+    return text
