@@ -1,0 +1,99 @@
+"""The OCI runtime config of one sandbox, built as pure data.
+
+``build_spec`` turns a ``SpecParams`` into the ``config.json`` dict that runsc reads.  It does
+no I/O, reads no clock and no environment: the same params always give the same dict, so
+golden files can pin it.  What the process gets:
+
+- the shared rootfs, read-only; nothing of it is copied per run;
+- an unprivileged uid/gid, no capabilities at all, ``noNewPrivileges``;
+- a minimal environment made only of what the caller passes (nothing of the service's own);
+- a fresh writable workspace (a bind of a per-sandbox host directory) as its working
+  directory, ``/tmp`` and ``/dev/shm`` as bounded tmpfs, the runner directory read-only;
+- private namespaces, its own cgroup with a memory limit (no swap on top) and a pids limit;
+- optionally a seccomp profile (applied by runsc with ``--oci-seccomp``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+OCI_VERSION = "1.0.2"
+ALL_CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
+NAMESPACES = ("pid", "ipc", "uts", "mount", "network")
+WORKSPACE = "/workspace"
+RUNNER_MOUNT = "/opt/sandbox/runner"
+
+
+@dataclass(frozen=True)
+class SpecParams:
+    rootfs: str
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    workspace_source: str
+    cgroups_path: str
+    memory_bytes: int
+    pids: int
+    tmp_bytes: int
+    uid: int = 10001
+    gid: int = 10001
+    runner_source: str | None = None
+    cwd: str = WORKSPACE
+    hostname: str = "sandbox"
+    nofile: int = 1024
+    cpu_shares: int | None = None
+    seccomp: Mapping | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+def build_spec(params: SpecParams) -> dict:
+    """The OCI config dict for ``params`` (deterministic, JSON-ready)."""
+    mounts = [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777", f"size={params.tmp_bytes}"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "nodev", "noexec", "mode=1777", f"size={params.tmp_bytes}"]},
+        {"destination": WORKSPACE, "type": "bind", "source": params.workspace_source,
+         "options": ["rbind", "rw", "nosuid", "nodev"]},
+    ]
+    if params.runner_source is not None:
+        mounts.append({"destination": RUNNER_MOUNT, "type": "bind", "source": params.runner_source,
+                       "options": ["rbind", "ro", "nosuid", "nodev"]})
+    resources: dict = {
+        "memory": {"limit": params.memory_bytes, "swap": params.memory_bytes},
+        "pids": {"limit": params.pids},
+    }
+    if params.cpu_shares is not None:
+        resources["cpu"] = {"shares": params.cpu_shares}
+    linux: dict = {
+        "namespaces": [{"type": kind} for kind in NAMESPACES],
+        "cgroupsPath": params.cgroups_path,
+        "resources": resources,
+        "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+        "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+    }
+    if params.seccomp is not None:
+        linux["seccomp"] = dict(params.seccomp)
+    spec = {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": False,
+            "user": {"uid": params.uid, "gid": params.gid, "additionalGids": [params.gid]},
+            "args": list(params.args),
+            "env": [f"{name}={value}" for name, value in sorted(params.env.items())],
+            "cwd": params.cwd,
+            "capabilities": {name: [] for name in ALL_CAPABILITY_SETS},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": params.nofile, "soft": params.nofile}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": params.rootfs, "readonly": True},
+        "hostname": params.hostname,
+        "mounts": mounts,
+        "linux": linux,
+    }
+    if params.annotations:
+        spec["annotations"] = dict(sorted(params.annotations.items()))
+    return spec
