@@ -25,11 +25,10 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from bundles.spec import RUNNER_MOUNT, WORKSPACE
 from orchestrator.errors import ConfigError
 from orchestrator.static_check import CHECKERS
 
-RUNNER_MOUNT = "/opt/sandbox/runner"
-WORKDIR = "/workspace"
 PROTOCOLS = ("runner", "script")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -57,7 +56,7 @@ class Language:
     @property
     def source_path(self) -> str:
         """Where the user's source file is inside the sandbox."""
-        return f"{WORKDIR}/{self.source_file}"
+        return f"{WORKSPACE}/{self.source_file}"
 
     def process_args(self) -> list[str]:
         """The argv of the sandbox's process, placeholders filled in."""

@@ -1,0 +1,78 @@
+"""The aiohttp application: thin handlers and the one middleware that maps errors to HTTP.
+
+``/run`` answers HTTP 200 with a result body for every execution outcome, including our own
+failures (RAGFlow's Go client retries 5xx, which would run user code again).  Client errors
+are 4xx with a JSON body.  Handlers know nothing about runsc.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from aiohttp import web
+
+from orchestrator import outcome
+from orchestrator.errors import BadRequestError, CapacityError, ServiceError
+from orchestrator.executor import Executor
+from orchestrator.http.request import parse_run_request
+
+log = logging.getLogger(__name__)
+
+EXECUTOR = web.AppKey("executor", Executor)
+RUN_PATH = "/run"
+
+
+def _json(body, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=lambda value: json.dumps(value, ensure_ascii=False))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except BadRequestError as exc:
+        return _json({"detail": exc.details}, status=exc.status)
+    except CapacityError as exc:
+        log.warning("request=%s %s", request.get("request_id", "-"), exc)
+        return _json(outcome.busy_result())
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _json({"detail": [{"type": "too_large", "loc": ["body"], "msg": exc.text, "input": None}]},
+                     status=413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json({"detail": exc.reason}, status=exc.status)
+    except ServiceError as exc:
+        log.error("request=%s %s", request.get("request_id", "-"), exc)
+        if request.path == RUN_PATH:
+            return _json(outcome.internal_error_result(str(exc)))
+        return _json({"detail": str(exc)}, status=500)
+    except Exception as exc:  # the HTTP boundary: never crash, never leak a 500 on /run
+        log.exception("request=%s unexpected error", request.get("request_id", "-"))
+        if request.path == RUN_PATH:
+            return _json(outcome.internal_error_result(f"internal error: {type(exc).__name__}"))
+        return _json({"detail": "internal error"}, status=500)
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def run(request: web.Request) -> web.Response:
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:12]
+    request["request_id"] = request_id
+    executor = request.app[EXECUTOR]
+    body = await request.read()
+    run_request = parse_run_request(body, executor.languages, request_id=request_id)
+    return _json(await executor.execute(run_request))
+
+
+def create_app(executor: Executor, *, max_request_bytes: int) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=max_request_bytes)
+    app[EXECUTOR] = executor
+    app.router.add_get("/", health)
+    app.router.add_get("/healthz", health)
+    app.router.add_post(RUN_PATH, run)
+    return app

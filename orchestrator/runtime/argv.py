@@ -1,0 +1,88 @@
+"""runsc command lines, built by pure functions: global flags first, then the subcommand.
+
+Flags that the installed runsc does not know are never passed: ``RunscConfig.known_flags``
+holds what ``runsc flags`` printed (None = not probed, pass only flags every build has).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from dataclasses import dataclass
+
+SANDBOX_ID = re.compile(r"^[\w+.-]{1,128}$")
+# Flags present in every runsc this service supports (Debian's 0.0~20221219 and later).
+BASELINE_FLAGS = frozenset({"root", "platform", "network", "log", "log-format", "debug", "debug-log",
+                            "oci-seccomp", "overlay2", "host-uds"})
+
+
+@dataclass(frozen=True)
+class RunscConfig:
+    binary: pathlib.Path
+    root: pathlib.Path
+    platform: str = "ptrace"
+    network: str = "none"
+    oci_seccomp: bool = False
+    debug_log_dir: pathlib.Path | None = None
+    known_flags: frozenset[str] | None = None
+
+    def knows(self, flag: str) -> bool:
+        return flag in (self.known_flags if self.known_flags is not None else BASELINE_FLAGS)
+
+
+def check_sandbox_id(sandbox_id: str) -> str:
+    if not SANDBOX_ID.match(sandbox_id):
+        raise ValueError(f"invalid sandbox id {sandbox_id!r}: must match {SANDBOX_ID.pattern}")
+    return sandbox_id
+
+
+def global_flags(config: RunscConfig, *, log_file: pathlib.Path | None = None) -> list[str]:
+    flags = [f"--root={config.root}", f"--platform={config.platform}", f"--network={config.network}"]
+    if config.knows("overlay2"):
+        # Newer runsc default to an overlay over the root backed by a file next to it; our
+        # root is shared and read-only, so no overlay at all.
+        flags.append("--overlay2=none")
+    if config.oci_seccomp:
+        flags.append("--oci-seccomp")
+    if log_file is not None:
+        flags.append(f"--log={log_file}")
+    if config.debug_log_dir is not None:
+        flags += ["--debug", f"--debug-log={config.debug_log_dir}/"]
+    return flags
+
+
+def run_argv(config: RunscConfig, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path) -> list[str]:
+    """``runsc run``: create, start and wait for the sandbox; exits with its init's status."""
+    return [str(config.binary), *global_flags(config, log_file=log_file), "run",
+            f"--bundle={bundle}", check_sandbox_id(sandbox_id)]
+
+
+def kill_argv(config: RunscConfig, sandbox_id: str, signal: str = "KILL") -> list[str]:
+    return [str(config.binary), *global_flags(config), "kill", "--all", check_sandbox_id(sandbox_id), signal]
+
+
+def delete_argv(config: RunscConfig, sandbox_id: str) -> list[str]:
+    return [str(config.binary), *global_flags(config), "delete", "--force", check_sandbox_id(sandbox_id)]
+
+
+def list_argv(config: RunscConfig) -> list[str]:
+    return [str(config.binary), *global_flags(config), "list", "--quiet"]
+
+
+def version_argv(binary: pathlib.Path) -> list[str]:
+    return [str(binary), "--version"]
+
+
+def flags_argv(binary: pathlib.Path) -> list[str]:
+    return [str(binary), "flags"]
+
+
+def parse_flag_names(text: str) -> frozenset[str]:
+    """Flag names from ``runsc flags`` output (lines like ``  -network value``)."""
+    return frozenset(match.group(1) for match in re.finditer(r"^\s+-{1,2}([A-Za-z0-9][\w-]*)", text, re.MULTILINE))
+
+
+def parse_version(text: str) -> str:
+    """``runsc version 0.0~20221219.0`` -> ``0.0~20221219.0`` (the first line's last word)."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first.split()[-1] if first else "unknown"

@@ -1,0 +1,108 @@
+"""The runsc driver: the only code that spawns processes for sandboxes.
+
+Every command is awaited with a timeout; on timeout or cancellation the child is killed and
+reaped.  Each argv and its duration is logged at DEBUG.  Failures become ``RunscError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pathlib
+import time
+from dataclasses import dataclass
+
+from orchestrator.errors import RunscError
+from orchestrator.runtime import argv as runsc_argv
+from orchestrator.runtime.argv import RunscConfig
+
+log = logging.getLogger(__name__)
+
+COMMAND_TIMEOUT_S = 20.0
+_MISSING = ("does not exist", "not found", "no such", "cannot load container", "not running")
+
+
+@dataclass(frozen=True)
+class RunscInfo:
+    binary: pathlib.Path
+    version: str
+    flags: frozenset[str]
+
+
+async def run_command(argv: list[str], *, timeout: float = COMMAND_TIMEOUT_S) -> tuple[int, str, str]:
+    """Run ``argv`` to completion within ``timeout``; return (exit code, stdout, stderr)."""
+    started = time.monotonic()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        raise RunscError(f"start {argv[0]}: {exc}") from exc
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise RunscError(f"{' '.join(argv[-3:])}: no answer within {timeout:.0f} s") from exc
+    finally:
+        log.debug("argv=%s rc=%s duration_ms=%.1f", argv, process.returncode, (time.monotonic() - started) * 1000)
+    return process.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+async def probe_runsc(binary: pathlib.Path) -> RunscInfo:
+    """Version and known flags of the installed runsc; RunscError when it is unusable."""
+    if not os.access(binary, os.X_OK):
+        raise RunscError(f"probe runsc: {binary} is not an executable file (install gVisor: apt-get install runsc)")
+    code, out, err = await run_command(runsc_argv.version_argv(binary))
+    if code != 0:
+        raise RunscError(f"probe runsc: `{binary} --version` exited {code}: {err.strip()[-300:]}")
+    version = runsc_argv.parse_version(out)
+    code, out, err = await run_command(runsc_argv.flags_argv(binary))
+    # `runsc flags` prints to stdout or stderr depending on the build.
+    flags = runsc_argv.parse_flag_names(out + "\n" + err)
+    if not flags:
+        raise RunscError(f"probe runsc: `{binary} flags` listed no flags (exit {code})")
+    return RunscInfo(binary=binary, version=version, flags=flags)
+
+
+class RunscRuntime:
+    """Starts, kills, deletes and lists sandboxes under one ``--root`` of our own."""
+
+    def __init__(self, config: RunscConfig):
+        self.config = config
+
+    async def start(self, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path, *,
+                    stdin: int, stdout: int, stderr: int) -> asyncio.subprocess.Process:
+        """``runsc run`` in the background; the returned process exits with the sandbox."""
+        argv = runsc_argv.run_argv(self.config, sandbox_id, bundle, log_file)
+        log.debug("sandbox=%s argv=%s", sandbox_id, argv)
+        try:
+            return await asyncio.create_subprocess_exec(
+                *argv, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True)
+        except OSError as exc:
+            raise RunscError(f"start sandbox: {exc}", sandbox_id=sandbox_id) from exc
+
+    async def kill(self, sandbox_id: str) -> None:
+        """SIGKILL every process in the sandbox; a sandbox that is already gone is fine."""
+        await self._tolerant(runsc_argv.kill_argv(self.config, sandbox_id), "kill", sandbox_id)
+
+    async def delete(self, sandbox_id: str) -> None:
+        """Forcefully delete the sandbox's state; a sandbox that is already gone is fine."""
+        await self._tolerant(runsc_argv.delete_argv(self.config, sandbox_id), "delete", sandbox_id)
+
+    async def list_ids(self) -> list[str]:
+        if not self.config.root.exists():
+            return []
+        code, out, err = await run_command(runsc_argv.list_argv(self.config))
+        if code != 0:
+            raise RunscError(f"list sandboxes: exit {code}: {err.strip()[-300:]}")
+        return sorted(line.strip() for line in out.splitlines() if line.strip())
+
+    async def _tolerant(self, argv: list[str], verb: str, sandbox_id: str) -> None:
+        code, _, err = await run_command(argv)
+        if code != 0 and not any(marker in err.lower() for marker in _MISSING):
+            raise RunscError(f"{verb} sandbox: exit {code}: {err.strip()[-300:]}", sandbox_id=sandbox_id)

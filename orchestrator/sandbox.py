@@ -1,0 +1,364 @@
+"""One sandbox's whole life: prepare, boot, run exactly one request, destroy.
+
+A sandbox is a ``runsc run`` of the language's argv over the shared read-only rootfs, with
+its own workspace, cgroup and bundle.  Its stdin is one end of a socketpair (the control
+channel of the runner protocol), its stdout and stderr are pipes we read with a cap.  Every
+side effect is registered on an ``AsyncExitStack`` right after it is done, so ``destroy``
+undoes exactly what happened, whatever happened; a failing undo is logged, never raised over
+the original error.  A sandbox serves one request and is then destroyed: nothing of one
+request's state can reach another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pathlib
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from bundles.spec import SpecParams, build_spec
+from bundles.validate import SpecError, validate_spec
+from bundles.writer import write_bundle
+from orchestrator.capture import Capture
+from orchestrator.errors import HostError, ProtocolError, RunscError, SandboxError
+from orchestrator.host import workspace
+from orchestrator.host.cgroups import CgroupLimits, Cgroups
+from orchestrator.language import Language
+from orchestrator.outcome import RunRecord
+from orchestrator.settings import Limits
+
+log = logging.getLogger(__name__)
+
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+KILL_WAIT_S = 5.0
+EXIT_GRACE_S = 2.0
+
+
+def new_sandbox_id(language: str) -> str:
+    return f"{language}-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request, as the sandbox needs it."""
+
+    source: bytes
+    arguments: dict
+    timeout_s: float
+    request_id: str = "-"
+
+
+@dataclass
+class SandboxHost:
+    """What a sandbox needs from the host side, injected."""
+
+    runtime: object  # RunscRuntime or a fake with the same methods
+    cgroups: Cgroups | None
+    state_dir: pathlib.Path
+    uid: int
+    gid: int
+    limits: Limits
+    boot_timeout_s: float = 60.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Sandbox:
+    def __init__(self, language: Language, rootfs: pathlib.Path, host: SandboxHost, *, preload: bool = False):
+        self.id = new_sandbox_id(language.name)
+        self.language = language
+        self.rootfs = rootfs
+        self.host = host
+        self.preload = preload and bool(language.preload)
+        self.booted_at: float | None = None
+        self.boot_ms: float | None = None
+        self.preload_errors: dict = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._dirs: workspace.SandboxDirs | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._stdout: Capture | None = None
+        self._stderr: Capture | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._used = False
+        self._reported = False
+        self._destroyed = False
+
+    def __repr__(self) -> str:
+        return f"Sandbox({self.id})"
+
+    @property
+    def workspace_dir(self) -> pathlib.Path:
+        assert self._dirs is not None
+        return self._dirs.workspace
+
+    @property
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    # -- boot -----------------------------------------------------------------------------
+
+    async def boot(self) -> None:
+        """Prepare the host side; for the runner protocol also start it and wait until ready."""
+        started = time.monotonic()
+        try:
+            self._dirs = workspace.create_sandbox_dirs(self.host.state_dir, self.id, self.host.uid, self.host.gid)
+            self._stack.callback(workspace.remove_sandbox_dirs, self._dirs)
+            if self.host.cgroups is not None:
+                limits = self.host.limits
+                self.host.cgroups.create(self.id, CgroupLimits(memory_bytes=limits.memory_bytes, pids=limits.pids))
+                self._stack.push_async_callback(asyncio.to_thread, self.host.cgroups.remove, self.id)
+            if self.language.can_boot_ahead:
+                env = {"SANDBOX_PRELOAD": ",".join(self.language.preload)} if self.preload else {}
+                await self._launch(env)
+                await self._await_ready()
+        except BaseException:
+            await self.destroy()
+            raise
+        self.booted_at = time.monotonic()
+        self.boot_ms = (self.booted_at - started) * 1000
+        log.debug("sandbox=%s booted in %.0f ms preload=%s", self.id, self.boot_ms, self.preload)
+
+    def _spec(self, extra_env: dict[str, str]) -> dict:
+        assert self._dirs is not None
+        env = {**BASE_ENV, **self.language.env, **self.host.extra_env, **extra_env}
+        runner_source = str(self.language.definition_dir) if self.language.runner else None
+        cgroups = self.host.cgroups
+        params = SpecParams(
+            rootfs=str(self.rootfs),
+            args=tuple(self.language.process_args()),
+            env=env,
+            workspace_source=str(self._dirs.workspace),
+            runner_source=runner_source,
+            cgroups_path=cgroups.cgroups_path(self.id) if cgroups else f"/gvisor-sandbox/{self.id}",
+            memory_bytes=self.host.limits.memory_bytes,
+            pids=self.host.limits.pids,
+            tmp_bytes=self.host.limits.tmp_bytes,
+            uid=self.host.uid,
+            gid=self.host.gid,
+            annotations={"dev.gvisor-sandbox.language": self.language.name},
+        )
+        spec = build_spec(params)
+        try:
+            validate_spec(spec)
+        except SpecError as exc:
+            raise SandboxError(f"build spec: {exc}", sandbox_id=self.id) from exc
+        return spec
+
+    async def _launch(self, extra_env: dict[str, str]) -> None:
+        assert self._dirs is not None
+        write_bundle(self._dirs.bundle, self._spec(extra_env))
+        child_ends: list[int] = []
+        try:
+            if self.language.can_boot_ahead:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._stack.callback(ours.close)
+                child_ends.append(theirs.detach())
+            else:
+                ours = None
+                child_ends.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            child_ends.append(out_w)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            child_ends.append(err_w)
+            self._stdout = Capture(out_r, self.host.limits.output_bytes)
+            self._stack.callback(self._stdout.close)
+            self._stderr = Capture(err_r, self.host.limits.output_bytes)
+            self._stack.callback(self._stderr.close)
+            self._process = await self.host.runtime.start(
+                self.id, self._dirs.bundle, self._dirs.log_file,
+                stdin=child_ends[0], stdout=out_w, stderr=err_w)
+            self._stack.push_async_callback(self._stop)
+        finally:
+            for fd in child_ends:
+                os.close(fd)
+        if ours is not None:
+            self._reader, self._writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_FRAME_BYTES)
+
+    async def _read_frame(self) -> dict | None:
+        """The runner's next frame, or None at EOF (the sandbox is gone)."""
+        assert self._reader is not None
+        try:
+            line = await self._reader.readline()
+        except (ValueError, asyncio.LimitOverrunError) as exc:
+            raise ProtocolError(f"read control frame: {exc}", sandbox_id=self.id) from exc
+        except ConnectionError:
+            return None
+        if not line:
+            return None
+        try:
+            frame = json.loads(line)
+        except ValueError as exc:
+            raise ProtocolError(f"decode control frame: {exc}", sandbox_id=self.id) from exc
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            raise ProtocolError("decode control frame: not an object with a type", sandbox_id=self.id)
+        return frame
+
+    async def _await_ready(self) -> None:
+        try:
+            frame = await asyncio.wait_for(self._read_frame(), self.host.boot_timeout_s)
+        except asyncio.TimeoutError:
+            raise SandboxError(f"boot: not ready within {self.host.boot_timeout_s:.0f} s", sandbox_id=self.id) from None
+        if frame is None:
+            raise SandboxError(f"boot: the sandbox exited before it was ready: {await self._failure_text()}",
+                               sandbox_id=self.id)
+        if frame["type"] != "ready":
+            raise ProtocolError(f"boot: expected a ready frame, got {frame['type']!r}", sandbox_id=self.id)
+        self.preload_errors = frame.get("preload_errors") or {}
+        if self.preload_errors:
+            log.warning("sandbox=%s preload failed for %s", self.id, self.preload_errors)
+
+    async def _failure_text(self) -> str:
+        """Why a sandbox died on its own before doing its job: exit code, stderr, runsc's log."""
+        code = None
+        if self._process is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                code = await asyncio.wait_for(self._process.wait(), 2.0)
+        parts = [f"exit code {code}"]
+        if self._stderr is not None:
+            self._stderr.drain()
+            if self._stderr.data.strip():
+                parts.append("stderr: " + self._stderr.data.decode("utf-8", "replace").strip()[-500:])
+        if self._dirs is not None:
+            with contextlib.suppress(OSError):
+                tail = self._dirs.log_file.read_text(errors="replace").strip()[-500:]
+                if tail:
+                    parts.append("runsc: " + tail)
+        return "; ".join(parts)
+
+    # -- run ------------------------------------------------------------------------------
+
+    async def run(self, job: Job) -> RunRecord:
+        """Run ``job``; the program's fate (error, timeout, OOM, flood) is in the record."""
+        if self._used:
+            raise SandboxError("run: this sandbox has already served a request", sandbox_id=self.id)
+        self._used = True
+        assert self._dirs is not None
+        source_name = self.language.source_file
+        workspace.write_workspace_file(self._dirs, source_name,
+                                       job.source + self.language.source_suffix.encode("utf-8"))
+        started = time.monotonic()
+        if self.language.can_boot_ahead:
+            if not self.is_alive:
+                raise SandboxError("run: the sandbox is no longer running", sandbox_id=self.id)
+            request = {"type": "run", "source": source_name, "arguments": job.arguments}
+            assert self._writer is not None
+            self._writer.write(json.dumps(request, ensure_ascii=False).encode("utf-8") + b"\n")
+            with contextlib.suppress(ConnectionError):
+                await self._writer.drain()
+        else:
+            arguments = json.dumps(job.arguments, ensure_ascii=False)
+            workspace.write_workspace_file(self._dirs, "arguments.json", arguments.encode("utf-8"))
+            started = time.monotonic()
+            await self._launch({"SANDBOX_ARGUMENTS": arguments})
+        record = await self._wait(job, started)
+        record.has_result_channel = self.language.can_boot_ahead
+        return record
+
+    async def _wait(self, job: Job, started: float) -> RunRecord:
+        assert self._process is not None and self._stdout is not None and self._stderr is not None
+        record = RunRecord()
+        waiters = {
+            "exit": asyncio.ensure_future(self._process.wait()),
+            "stdout": asyncio.ensure_future(self._stdout.exceeded.wait()),
+            "stderr": asyncio.ensure_future(self._stderr.exceeded.wait()),
+        }
+        if self._reader is not None:
+            waiters["frame"] = asyncio.ensure_future(self._read_frame())
+        try:
+            done, _ = await asyncio.wait(waiters.values(), timeout=job.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            record.wall_ms = (time.monotonic() - started) * 1000
+            frame_task = waiters.get("frame")
+            if not done:
+                record.timed_out = True
+            elif waiters["stdout"] in done or waiters["stderr"] in done:
+                record.output_exceeded = "stdout" if waiters["stdout"] in done else "stderr"
+            else:
+                frame = None
+                if frame_task is not None:
+                    if not frame_task.done():
+                        # The sandbox exited: a frame it sent before is already in the socket.
+                        await asyncio.wait({frame_task}, timeout=1.0)
+                    if frame_task.done() and not frame_task.cancelled():
+                        frame = frame_task.result()
+                if frame is not None and frame.get("type") == "done":
+                    record.reported = self._reported = True
+                    record.exit_code = int(frame.get("exit_code", 1))
+                    record.returned = bool(frame.get("returned")) and isinstance(frame.get("result_json"), str)
+                    record.result_json = frame.get("result_json") if record.returned else None
+                elif frame is not None:
+                    raise ProtocolError(f"run: expected a done frame, got {frame['type']!r}", sandbox_id=self.id)
+                else:
+                    record.exit_code = await self._process.wait()
+        finally:
+            for task in waiters.values():
+                task.cancel()
+        if record.timed_out or record.output_exceeded:
+            await self._kill()
+        else:
+            await self._collect_output_end()
+        self._stdout.drain()
+        self._stderr.drain()
+        if record.output_exceeded is None and (self._stdout.exceeded.is_set() or self._stderr.exceeded.is_set()):
+            record.output_exceeded = "stdout" if self._stdout.exceeded.is_set() else "stderr"
+        record.stdout, record.stderr = self._stdout.data, self._stderr.data
+        if self.host.cgroups is not None:
+            usage = self.host.cgroups.usage(self.id)
+            record.memory_peak_bytes = usage.memory_peak_bytes
+            record.oom_killed = bool(usage.oom_kills) and not record.timed_out
+        elif not record.reported and record.exit_code == 137 and not record.timed_out:
+            record.oom_killed = True
+        return record
+
+    async def _collect_output_end(self) -> None:
+        """After the program ended: if the sandbox is exiting too, read its output to EOF."""
+        assert self._process is not None and self._stdout is not None and self._stderr is not None
+        if self._process.returncode is None:
+            return  # the runner reported; what it wrote before that is already in the pipes
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(self._stdout.closed.wait(), self._stderr.closed.wait()), 1.0)
+
+    # -- teardown -------------------------------------------------------------------------
+
+    async def _kill(self) -> None:
+        """Kill every process of the sandbox and wait for ``runsc run`` to exit."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        try:
+            await self.host.runtime.kill(self.id)
+        except RunscError as exc:
+            log.warning("sandbox=%s %s", self.id, exc)
+        try:
+            await asyncio.wait_for(process.wait(), KILL_WAIT_S)
+        except asyncio.TimeoutError:
+            log.warning("sandbox=%s runsc run did not exit after kill; killing it and deleting the sandbox", self.id)
+            process.kill()
+            await process.wait()
+            await self.host.runtime.delete(self.id)
+
+    async def _stop(self) -> None:
+        process = self._process
+        if process is not None and process.returncode is None and self._reported:
+            # The runner said it is done and is exiting by itself: no need for a runsc kill.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(process.wait(), EXIT_GRACE_S)
+        await self._kill()
+        if self._writer is not None:
+            self._writer.close()
+
+    async def destroy(self) -> None:
+        """Undo everything ``boot`` and ``run`` did; safe to call more than once."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        try:
+            await self._stack.aclose()
+        except (SandboxError, HostError, OSError) as exc:
+            log.error("sandbox=%s teardown: %s", self.id, exc)
