@@ -163,9 +163,20 @@ class Cgroups:
                         raise HostError(f"remove cgroup {directory}: {exc}") from exc
                     time.sleep(0.02)
 
+    def remove_parent(self) -> None:
+        """Remove our (empty) parent cgroup(s): ``make clean`` and tests use it."""
+        parents = [self.root / self.parent] if self.version == 2 else [
+            self.root / controller / self.parent for controller in V1_CONTROLLERS]
+        for directory in parents:
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise HostError(f"remove cgroup {directory}: {exc}") from exc
+
     def list_sandboxes(self) -> list[str]:
         """Ids of the sandbox cgroups present under our parent (for reaping)."""
-        base = self.root / self.parent if self.version == 2 else self.root / "memory" / self.parent
-        if not base.is_dir():
-            return []
-        return sorted(entry.name for entry in base.iterdir() if entry.is_dir())
+        bases = [self.root / self.parent] if self.version == 2 else [
+            self.root / controller / self.parent for controller in V1_CONTROLLERS]
+        return sorted({entry.name for base in bases if base.is_dir() for entry in base.iterdir() if entry.is_dir()})

@@ -7,6 +7,7 @@ are 4xx with a JSON body.  Handlers know nothing about runsc.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import uuid
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 EXECUTOR = web.AppKey("executor", Executor)
 RUN_PATH = "/run"
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
 def _json(body, status: int = 200) -> web.Response:
@@ -30,12 +32,13 @@ def _json(body, status: int = 200) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):
+    REQUEST_ID.set(request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:12])
     try:
         return await handler(request)
     except BadRequestError as exc:
         return _json({"detail": exc.details}, status=exc.status)
     except CapacityError as exc:
-        log.warning("request=%s %s", request.get("request_id", "-"), exc)
+        log.warning("request=%s %s", REQUEST_ID.get(), exc)
         return _json(outcome.busy_result())
     except web.HTTPRequestEntityTooLarge as exc:
         return _json({"detail": [{"type": "too_large", "loc": ["body"], "msg": exc.text, "input": None}]},
@@ -45,12 +48,12 @@ async def error_middleware(request: web.Request, handler):
             raise
         return _json({"detail": exc.reason}, status=exc.status)
     except ServiceError as exc:
-        log.error("request=%s %s", request.get("request_id", "-"), exc)
+        log.error("request=%s %s", REQUEST_ID.get(), exc)
         if request.path == RUN_PATH:
             return _json(outcome.internal_error_result(str(exc)))
         return _json({"detail": str(exc)}, status=500)
     except Exception as exc:  # the HTTP boundary: never crash, never leak a 500 on /run
-        log.exception("request=%s unexpected error", request.get("request_id", "-"))
+        log.exception("request=%s unexpected error", REQUEST_ID.get())
         if request.path == RUN_PATH:
             return _json(outcome.internal_error_result(f"internal error: {type(exc).__name__}"))
         return _json({"detail": "internal error"}, status=500)
@@ -61,11 +64,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def run(request: web.Request) -> web.Response:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:12]
-    request["request_id"] = request_id
     executor = request.app[EXECUTOR]
     body = await request.read()
-    run_request = parse_run_request(body, executor.languages, request_id=request_id)
+    run_request = parse_run_request(body, executor.languages, request_id=REQUEST_ID.get())
     return _json(await executor.execute(run_request))
 
 

@@ -1,0 +1,72 @@
+# Toolbox for the gVisor code-execution service.  Every target is idempotent and says what it did.
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+ROOTFS_DIR  ?= /var/lib/gvisor-sandbox/rootfs
+RUN_DIR     ?= /run/gvisor-sandbox-service
+PIDFILE     := $(RUN_DIR)/service.pid
+LOGFILE     ?= /var/log/gvisor-sandbox.log
+ENV_FILE    ?= .env
+PORT        ?= $(or $(SANDBOX_EXECUTOR_MANAGER_PORT),9385)
+APT_PACKAGES := runsc mmdebstrap
+# Loads the env file (upstream's SANDBOX_* names) into the shell of a recipe line.
+LOAD_ENV    := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a; export SANDBOX_ROOTFS_DIR="$${SANDBOX_ROOTFS_DIR:-$(ROOTFS_DIR)}";
+
+.PHONY: all setup ensure_env build start stop restart status test test-unit logs clean
+
+all: setup build start test  ## set up, build the rootfs, start the service, run the tests
+
+setup:  ## install runsc, mmdebstrap and the Python environment
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "setup: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "setup: $(APT_PACKAGES) already installed"; fi
+	@if [ ! -x $(PY) ]; then echo "setup: creating $(VENV)"; $(PYTHON) -m venv $(VENV); fi
+	@$(PY) -m pip install -q -e '.[test]' && echo "setup: Python dependencies installed in $(VENV)"
+
+ensure_env:  ## create .env from the example if it is missing
+	@if [ -f $(ENV_FILE) ]; then echo "ensure_env: $(ENV_FILE) exists"; \
+	else cp systemd/gvisor-sandbox.env.example $(ENV_FILE) && echo "ensure_env: created $(ENV_FILE) from the example"; fi
+
+build: setup  ## build (or confirm up to date) the rootfs of every language
+	@$(LOAD_ENV) $(PY) -m rootfs_builder build --rootfs-dir "$$SANDBOX_ROOTFS_DIR"
+
+start: setup build  ## start the service in the background on 127.0.0.1:$(PORT)
+	@mkdir -p $(RUN_DIR)
+	@if [ -f $(PIDFILE) ] && kill -0 $$(cat $(PIDFILE)) 2>/dev/null; then \
+	  echo "start: already running (pid $$(cat $(PIDFILE)))"; exit 0; fi; \
+	$(LOAD_ENV) setsid $(PY) -m orchestrator serve >>$(LOGFILE) 2>&1 </dev/null & echo $$! > $(PIDFILE); \
+	for i in $$(seq 1 300); do \
+	  if $(PY) -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$(PORT)/healthz', timeout=1)" 2>/dev/null; then \
+	    echo "start: service up on http://127.0.0.1:$(PORT) (pid $$(cat $(PIDFILE)), log $(LOGFILE))"; exit 0; fi; \
+	  if ! kill -0 $$(cat $(PIDFILE)) 2>/dev/null; then echo "start: the service exited; last log lines:"; tail -n 20 $(LOGFILE); rm -f $(PIDFILE); exit 1; fi; \
+	  sleep 0.2; done; echo "start: no answer on /healthz after 60 s"; exit 1
+
+stop:  ## stop the background service (SIGTERM, then wait)
+	@if [ -f $(PIDFILE) ] && kill -0 $$(cat $(PIDFILE)) 2>/dev/null; then \
+	  pid=$$(cat $(PIDFILE)); kill -TERM $$pid; \
+	  for i in $$(seq 1 300); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+	  if kill -0 $$pid 2>/dev/null; then kill -KILL $$pid; echo "stop: killed pid $$pid (no exit after 30 s)"; \
+	  else echo "stop: stopped pid $$pid"; fi; \
+	else echo "stop: not running"; fi; rm -f $(PIDFILE)
+
+restart: stop start  ## stop, then start
+
+status:  ## is the service answering?
+	@$(PY) -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$(PORT)/healthz', timeout=2).read().decode())" \
+	  || echo "status: not answering on port $(PORT)"
+
+test: setup  ## run every test (unit, host, real runsc, end to end)
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+test-unit: setup  ## only the unit tests (no root, no runsc)
+	$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+logs:  ## follow the service log
+	@tail -n 100 -F $(LOGFILE)
+
+clean: stop  ## remove the virtualenv and caches (the rootfs stays; remove $(ROOTFS_DIR) to rebuild)
+	@rm -rf $(VENV) .pytest_cache *.egg-info && find . -name __pycache__ -type d -prune -exec rm -rf {} + && echo "clean: removed $(VENV) and caches"

@@ -1,0 +1,161 @@
+"""Handlers, executor and classification over the real runners, with FakeRuntime instead of
+runsc (no isolation, no root): fast checks of the HTTP contract."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import pathlib
+import shutil
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from orchestrator.executor import Executor
+from orchestrator.http.app import create_app
+from orchestrator.language import load_languages
+from orchestrator.runtime.fake import FakeRuntime
+from orchestrator.sandbox import SandboxHost
+from orchestrator.settings import Limits, Settings
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CONTRACT_KEYS = {"status", "stdout", "stderr", "exit_code", "detail", "time_used_ms", "memory_used_kb",
+                 "resource_limit_type", "unauthorized_access_type", "runtime_error_type", "artifacts", "result"}
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture
+async def make_client(tmp_path):
+    clients = []
+
+    async def make(runtime=None, **settings_changes):
+        runtime = runtime or FakeRuntime()
+        settings = Settings(state_dir=tmp_path / "state", **settings_changes)
+        languages = load_languages([REPO / "languages"])
+        host = SandboxHost(runtime=runtime, cgroups=None, state_dir=settings.state_dir, uid=os_uid(), gid=os_gid(),
+                           limits=settings.limits)
+        executor = Executor(settings, languages, {name: tmp_path for name in languages}, host)
+        client = TestClient(TestServer(create_app(executor, max_request_bytes=settings.max_request_bytes)))
+        await client.start_server()
+        clients.append((client, executor))
+        return client
+
+    yield make
+    for client, executor in clients:
+        await client.close()
+        await executor.close()
+    leftovers = list((tmp_path / "state" / "sandboxes").glob("*"))
+    assert leftovers == []
+
+
+def os_uid() -> int:
+    """The fake runs programs as us; as root the spec still needs an unprivileged uid."""
+    return os.getuid() or 10001
+
+
+def os_gid() -> int:
+    return os.getgid() or 10001
+
+
+async def post(client, payload):
+    response = await client.post("/run", json=payload)
+    return response.status, await response.json()
+
+
+async def test_health(make_client):
+    client = await make_client()
+    for path in ("/", "/healthz"):
+        response = await client.get(path)
+        assert response.status == 200 and await response.json() == {"status": "ok"}
+
+
+async def test_python_success_shape(make_client):
+    client = await make_client()
+    status, body = await post(client, {"code_b64": b64("def main(a):\n    print('x')\n    return [a]\n"),
+                                       "arguments": {"a": 1}})
+    assert status == 200
+    assert set(body) == CONTRACT_KEYS
+    assert body["status"] == "success" and body["result"]["value"] == [1] and body["stdout"] == "x\n"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed on this host")
+async def test_nodejs_undefined_result(make_client):
+    client = await make_client()
+    status, body = await post(client, {"code_b64": b64("function main() {}"), "language": "nodejs"})
+    assert body["status"] == "program_error"
+    assert "main() must return a value" in body["stderr"]
+
+
+async def test_unsafe_code_is_minus_999_and_never_started(make_client):
+    runtime = FakeRuntime()
+    client = await make_client(runtime)
+    status, body = await post(client, {"code_b64": b64("import subprocess\ndef main():\n    return 1\n")})
+    assert status == 200
+    assert body["exit_code"] == -999 and body["detail"] == "Code is unsafe"
+    assert body["stderr"] == "Line 1: Import: subprocess"
+    assert runtime.started == []
+
+
+async def test_runtime_failure_is_minus_3_with_http_200(make_client):
+    client = await make_client(FakeRuntime(fail_start=True))
+    status, body = await post(client, {"code_b64": b64("def main():\n    return 1\n")})
+    assert status == 200
+    assert body["exit_code"] == -3 and body["detail"] == "internal_error"
+    assert "fake failure" in body["stderr"] and body["stdout"] == ""
+
+
+async def test_no_free_slot_is_minus_10(make_client):
+    client = await make_client(max_concurrency=1, queue_timeout_s=0.3, limits=Limits(timeout_s=3))
+    slow = asyncio.create_task(post(client, {"code_b64": b64("import time\ndef main():\n    time.sleep(2)\n")}))
+    await asyncio.sleep(0.5)
+    status, body = await post(client, {"code_b64": b64("def main():\n    return 1\n")})
+    assert status == 200
+    assert body["exit_code"] == -10 and body["stderr"] == "Container pool is busy"
+    assert body["detail"] == "no_available_container"
+    assert (await slow)[1]["status"] == "success"
+
+
+async def test_timeout_kills_the_program(make_client):
+    runtime = FakeRuntime()
+    client = await make_client(runtime, limits=Limits(timeout_s=0.5))
+    status, body = await post(client, {"code_b64": b64("def main():\n    while True:\n        pass\n")})
+    assert body["exit_code"] == -124 and body["resource_limit_type"] == "time"
+    assert len(runtime.killed) == 1
+
+
+async def test_output_flood_is_capped(make_client):
+    client = await make_client(limits=Limits(output_bytes=64 * 1024, timeout_s=10))
+    status, body = await post(client, {"code_b64": b64("def main():\n    while True:\n        print('x' * 1000)\n")})
+    assert body["status"] == "resource_limit_exceeded" and body["resource_limit_type"] == "output"
+    assert body["stdout"] == "" and "stdout" in body["stderr"]
+
+
+async def test_client_disconnect_leaves_no_sandbox(make_client, tmp_path):
+    runtime = FakeRuntime()
+    client = await make_client(runtime, limits=Limits(timeout_s=30))
+    task = asyncio.create_task(post(client, {"code_b64": b64("import time\ndef main():\n    time.sleep(30)\n")}))
+    for _ in range(100):
+        if runtime.started:
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await client.close()
+    for _ in range(100):
+        if not await runtime.list_ids():
+            break
+        await asyncio.sleep(0.05)
+    assert await runtime.list_ids() == []
+
+
+async def test_malformed_json_is_422_json(make_client):
+    client = await make_client()
+    response = await client.post("/run", data=b"{oops", headers={"Content-Type": "application/json"})
+    assert response.status == 422
+    body = await response.json()
+    assert body["detail"][0]["type"] == "json_invalid"
