@@ -1,8 +1,10 @@
 """Request -> result: static check, a concurrency slot, a fresh sandbox, classification.
 
-Knows nothing about HTTP.  Each request gets a sandbox nobody has used; the sandbox is torn
-down in the background after the answer is ready (its slot is held until then, so teardown
-counts against the concurrency cap and cannot pile up).
+Knows nothing about HTTP.  Each request gets a sandbox nobody has used: a warm one from the
+pool its code routes to (a language's ``plain`` pool, or its ``preload`` pool when the code
+imports one of the preloaded modules), or, when that pool is empty, one booted on the spot
+(cold).  The sandbox is torn down in the background after the answer is ready; its slot is
+held until then, so teardown counts against the concurrency cap and cannot pile up.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from orchestrator import outcome
 from orchestrator.artifacts import collect_artifacts
 from orchestrator.errors import CapacityError
 from orchestrator.language import Language
+from orchestrator.pool import Profile, SandboxPool
 from orchestrator.sandbox import Job, Sandbox, SandboxHost
 from orchestrator.settings import Settings
-from orchestrator.static_check import CHECKERS
+from orchestrator.static_check import CHECKERS, IMPORT_SCANNERS
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,10 @@ class RunRequest:
     request_id: str = "-"
 
 
+def profile_key(language: str, preload: bool) -> str:
+    return f"{language}_preload" if preload else language
+
+
 class Executor:
     def __init__(self, settings: Settings, languages: dict[str, Language], rootfs: dict[str, pathlib.Path],
                  host: SandboxHost):
@@ -40,8 +47,56 @@ class Executor:
         self.rootfs = rootfs
         self.host = host
         self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._boot_slots = asyncio.Semaphore(settings.pool_boot_parallelism)
         self._teardowns: set[asyncio.Task] = set()
+        self.pools: dict[str, SandboxPool] = {}
         self.running = 0
+        self.cold_starts = 0
+        self.warm_starts = 0
+
+    # -- pools ----------------------------------------------------------------------------
+
+    def start_pools(self) -> None:
+        """Create and start a pool per profile whose size is above zero."""
+        for language in self.languages.values():
+            if not language.can_boot_ahead:
+                continue
+            for preload in (False, True) if language.preload else (False,):
+                key = profile_key(language.name, preload)
+                size = self.settings.pool_size_for(key)
+                if size <= 0:
+                    continue
+                pool = SandboxPool(Profile(language.name, preload, size), self._factory(language, preload),
+                                   boot_slots=self._boot_slots, max_age_s=self.settings.pool_max_age_s)
+                self.pools[key] = pool
+                pool.start()
+
+    def _factory(self, language: Language, preload: bool):
+        def make() -> Sandbox:
+            return Sandbox(language, self.rootfs[language.name], self.host, preload=preload, warm=True)
+        return make
+
+    def route(self, language: Language, source: str) -> str:
+        """The pool profile for this code: ``preload`` when it imports a preloaded module."""
+        if not language.preload:
+            return profile_key(language.name, False)
+        scanner = IMPORT_SCANNERS.get(language.static_check)
+        imported = scanner(source) if scanner else None
+        if imported is None:  # unknown: the preloaded sandbox serves any code
+            return profile_key(language.name, True)
+        preloaded = {module.partition(".")[0] for module in language.preload}
+        return profile_key(language.name, bool(imported & preloaded))
+
+    def status(self) -> dict:
+        return {
+            "running": self.running,
+            "max_concurrency": self.settings.max_concurrency,
+            "warm_starts": self.warm_starts,
+            "cold_starts": self.cold_starts,
+            "pools": {key: pool.status() for key, pool in sorted(self.pools.items())},
+        }
+
+    # -- requests -------------------------------------------------------------------------
 
     def static_issues(self, language: Language, source: str) -> list[str]:
         if not self.settings.enable_static_check or language.static_check == "none":
@@ -59,10 +114,17 @@ class Executor:
             await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
         except asyncio.TimeoutError:
             raise CapacityError(f"acquire sandbox: none free within {self.settings.queue_timeout_s:.0f} s") from None
-        sandbox = Sandbox(language, self.rootfs[language.name], self.host)
         self.running += 1
+        sandbox: Sandbox | None = None
         try:
-            await sandbox.boot()
+            pool = self.pools.get(self.route(language, request.source))
+            sandbox = pool.take() if pool is not None else None
+            if sandbox is not None:
+                self.warm_starts += 1
+            else:
+                self.cold_starts += 1
+                sandbox = Sandbox(language, self.rootfs[language.name], self.host)
+                await sandbox.boot()
             job = Job(source=request.source.encode("utf-8"), arguments=request.arguments,
                       timeout_s=self.settings.limits.timeout_s, request_id=request.request_id)
             record = await sandbox.run(job)
@@ -71,28 +133,30 @@ class Executor:
                     collect_artifacts, sandbox.workspace_dir, exclude=frozenset({language.source_file, "arguments.json"}))
             result = outcome.classify(record, memory_limit_bytes=self.settings.limits.memory_bytes,
                                       output_limit_bytes=self.settings.limits.output_bytes)
-            log.info("request=%s sandbox=%s language=%s status=%s exit_code=%s time_ms=%.0f",
-                     request.request_id, sandbox.id, language.name, result["status"], result["exit_code"],
-                     record.wall_ms)
+            log.info("request=%s sandbox=%s language=%s warm=%s status=%s exit_code=%s time_ms=%.0f",
+                     request.request_id, sandbox.id, language.name, sandbox.warm, result["status"],
+                     result["exit_code"], record.wall_ms)
             return result
         finally:
             self.running -= 1
             self._retire(sandbox)
 
-    def _retire(self, sandbox: Sandbox) -> None:
+    def _retire(self, sandbox: Sandbox | None) -> None:
         """Destroy ``sandbox`` in the background, then give its slot back."""
         async def teardown() -> None:
             try:
-                await sandbox.destroy()
+                if sandbox is not None:
+                    await sandbox.destroy()
             finally:
                 self._slots.release()
 
-        task = asyncio.get_running_loop().create_task(teardown(), name=f"teardown-{sandbox.id}")
+        task = asyncio.get_running_loop().create_task(teardown(), name="teardown")
         self._teardowns.add(task)
         task.add_done_callback(self._teardowns.discard)
 
     async def close(self) -> None:
-        """Wait for every pending teardown."""
+        """Stop the pools, destroying their members, and wait for every pending teardown."""
+        await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
         while self._teardowns:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*list(self._teardowns))

@@ -28,7 +28,7 @@ from bundles.writer import write_bundle
 from orchestrator.capture import Capture
 from orchestrator.errors import HostError, ProtocolError, RunscError, SandboxError
 from orchestrator.host import workspace
-from orchestrator.host.cgroups import CgroupLimits, Cgroups
+from orchestrator.host.cgroups import DEFAULT_CPU_WEIGHT, CgroupLimits, Cgroups
 from orchestrator.language import Language
 from orchestrator.outcome import RunRecord
 from orchestrator.settings import Limits
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 KILL_WAIT_S = 5.0
+KILL_RETRY_S = 0.25
+BOOT_CPU_WEIGHT = 10  # a pool member booting ahead yields the CPU to sandboxes serving requests
 EXIT_GRACE_S = 2.0
 
 
@@ -70,12 +72,16 @@ class SandboxHost:
 
 
 class Sandbox:
-    def __init__(self, language: Language, rootfs: pathlib.Path, host: SandboxHost, *, preload: bool = False):
+    def __init__(self, language: Language, rootfs: pathlib.Path, host: SandboxHost, *, preload: bool = False,
+                 warm: bool = False):
+        """``preload``: import the language's preload list before reporting ready.  ``warm``:
+        booted ahead for a pool, at a low CPU weight until it is handed a request."""
         self.id = new_sandbox_id(language.name)
         self.language = language
         self.rootfs = rootfs
         self.host = host
         self.preload = preload and bool(language.preload)
+        self.warm = warm
         self.booted_at: float | None = None
         self.boot_ms: float | None = None
         self.preload_errors: dict = {}
@@ -112,7 +118,9 @@ class Sandbox:
             self._stack.callback(workspace.remove_sandbox_dirs, self._dirs)
             if self.host.cgroups is not None:
                 limits = self.host.limits
-                self.host.cgroups.create(self.id, CgroupLimits(memory_bytes=limits.memory_bytes, pids=limits.pids))
+                weight = BOOT_CPU_WEIGHT if self.warm else DEFAULT_CPU_WEIGHT
+                self.host.cgroups.create(self.id, CgroupLimits(memory_bytes=limits.memory_bytes, pids=limits.pids,
+                                                               cpu_weight=weight))
                 self._stack.push_async_callback(asyncio.to_thread, self.host.cgroups.remove, self.id)
             if self.language.can_boot_ahead:
                 env = {"SANDBOX_PRELOAD": ",".join(self.language.preload)} if self.preload else {}
@@ -247,6 +255,8 @@ class Sandbox:
         if self.language.can_boot_ahead:
             if not self.is_alive:
                 raise SandboxError("run: the sandbox is no longer running", sandbox_id=self.id)
+            if self.warm and self.host.cgroups is not None:
+                self.host.cgroups.set_cpu_weight(self.id, DEFAULT_CPU_WEIGHT)
             request = {"type": "run", "source": source_name, "arguments": job.arguments}
             assert self._writer is not None
             self._writer.write(json.dumps(request, ensure_ascii=False).encode("utf-8") + b"\n")
@@ -324,20 +334,31 @@ class Sandbox:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(self._stdout.closed.wait(), self._stderr.closed.wait()), 1.0)
 
+    async def wait_exit(self) -> None:
+        """Return when the sandbox's process has exited (at once if it never started)."""
+        if self._process is not None:
+            await self._process.wait()
+
     # -- teardown -------------------------------------------------------------------------
 
     async def _kill(self) -> None:
-        """Kill every process of the sandbox and wait for ``runsc run`` to exit."""
+        """Kill every process of the sandbox and wait for ``runsc run`` to exit.
+
+        A sandbox still being created may not accept ``runsc kill`` yet, so the kill is
+        repeated until ``runsc run`` exits; past KILL_WAIT_S it is killed itself and the
+        sandbox deleted by force."""
         process = self._process
         if process is None or process.returncode is not None:
             return
-        try:
-            await self.host.runtime.kill(self.id)
-        except RunscError as exc:
-            log.warning("sandbox=%s %s", self.id, exc)
-        try:
-            await asyncio.wait_for(process.wait(), KILL_WAIT_S)
-        except asyncio.TimeoutError:
+        deadline = time.monotonic() + KILL_WAIT_S
+        while process.returncode is None and time.monotonic() < deadline:
+            try:
+                await self.host.runtime.kill(self.id)
+            except RunscError as exc:
+                log.warning("sandbox=%s %s", self.id, exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(process.wait(), KILL_RETRY_S)
+        if process.returncode is None:
             log.warning("sandbox=%s runsc run did not exit after kill; killing it and deleting the sandbox", self.id)
             process.kill()
             await process.wait()

@@ -117,5 +117,6 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
                        uid=settings.sandbox_uid, gid=settings.sandbox_gid, limits=settings.limits,
                        boot_timeout_s=settings.boot_timeout_s)
     executor = Executor(settings, languages, rootfs, host)
+    executor.start_pools()
     return Service(settings=settings, runsc=info, runtime=runtime, cgroups=cgroups, languages=languages,
                    rootfs=rootfs, executor=executor)

@@ -25,6 +25,7 @@ _DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _BASE_IMAGE_RE = re.compile(r"^SANDBOX_BASE_([A-Z0-9_]+)_IMAGE$")
+_POOL_SIZE_RE = re.compile(r"^SANDBOX_POOL_SIZE_([A-Z0-9_]+)$")
 
 
 def parse_size(name: str, value: str) -> int:
@@ -122,6 +123,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 9385
     pool_size: int = 1
+    pool_sizes: Mapping[str, int] = field(default_factory=dict)  # profile key ("python_preload") -> size
+    pool_boot_parallelism: int = 2
+    pool_max_age_s: float = 1800.0
     max_concurrency: int = 8
     queue_timeout_s: float = 10.0
     boot_timeout_s: float = 60.0
@@ -188,12 +192,22 @@ class Settings:
             if match and value.strip():
                 base_images[match.group(1).lower()] = value.strip()
 
+        pool_sizes = {}
+        for name, value in env.items():
+            match = _POOL_SIZE_RE.match(name)
+            if match and value.strip():
+                pool_sizes[match.group(1).lower()] = parse_int(name, value, minimum=0, maximum=64)
+
         settings = cls(
             host=read("SANDBOX_EXECUTOR_MANAGER_HOST", parse_host, default.host),
             port=read("SANDBOX_EXECUTOR_MANAGER_PORT", lambda n, v: parse_int(n, v, minimum=1, maximum=65535),
                       default.port),
             pool_size=read("SANDBOX_EXECUTOR_MANAGER_POOL_SIZE",
                            lambda n, v: parse_int(n, v, minimum=0, maximum=64), default.pool_size),
+            pool_sizes=pool_sizes,
+            pool_boot_parallelism=read("SANDBOX_POOL_BOOT_PARALLELISM",
+                                       lambda n, v: parse_int(n, v, minimum=1, maximum=32), default.pool_boot_parallelism),
+            pool_max_age_s=read("SANDBOX_POOL_MAX_AGE", parse_duration, default.pool_max_age_s),
             max_concurrency=read("SANDBOX_MAX_CONCURRENCY", lambda n, v: parse_int(n, v, minimum=1, maximum=256),
                                  default.max_concurrency),
             queue_timeout_s=read("SANDBOX_QUEUE_TIMEOUT", parse_duration, default.queue_timeout_s),
@@ -216,6 +230,10 @@ class Settings:
                            default.log_level),
         )
         return settings
+
+    def pool_size_for(self, profile_key: str) -> int:
+        """Size of a pool profile (``python``, ``python_preload``): its own variable or the default."""
+        return self.pool_sizes.get(profile_key, self.pool_size)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -161,6 +161,23 @@ def imported_modules(code: str) -> frozenset[str] | None:
     return frozenset(names)
 
 
+_NODE_REQUIRE = re.compile(r"""(?:require|import)\s*\(\s*['"`]((?:node:)?(?:@[\w.-]+/)?[\w.-]+)""")
+_NODE_IMPORT_FROM = re.compile(r"""^\s*import\s+(?:[\w*{}\s,]+\s+from\s+)?['"]((?:node:)?(?:@[\w.-]+/)?[\w.-]+)""", re.MULTILINE)
+
+
+def required_modules(code: str) -> frozenset[str]:
+    """Package names JavaScript ``code`` requires or imports (``require('axios/lib/x')`` gives ``axios``)."""
+    found = {match.group(1) for match in _NODE_REQUIRE.finditer(code)}
+    found |= {match.group(1) for match in _NODE_IMPORT_FROM.finditer(code)}
+    return frozenset(name.removeprefix("node:") for name in found)
+
+
+# Module scanners by static-check name, used to route a request to a pool whose sandboxes
+# have already imported what the code imports.
+IMPORT_SCANNERS: Mapping[str, Callable[[str], frozenset[str] | None]] = types.MappingProxyType(
+    {"python": imported_modules, "nodejs": required_modules}
+)
+
 CHECKERS: Mapping[str, Callable[[str], list[Issue]]] = types.MappingProxyType(
     {"python": check_python, "nodejs": check_nodejs}
 )

@@ -59,4 +59,5 @@ def test_env(tmp_path) -> dict[str, str]:
         "SANDBOX_CGROUP_PARENT": f"gvisor-sandbox-test-{uuid.uuid4().hex[:8]}",
         "SANDBOX_TIMEOUT": "3s",
         "SANDBOX_QUEUE_TIMEOUT": "60s",
+        "SANDBOX_EXECUTOR_MANAGER_POOL_SIZE": "0",
     }

@@ -28,10 +28,14 @@ V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 
 
+DEFAULT_CPU_WEIGHT = 100  # cgroup v2 units (1..10000); v1 shares are weight * 1024 / 100
+
+
 @dataclass(frozen=True)
 class CgroupLimits:
     memory_bytes: int
     pids: int
+    cpu_weight: int = DEFAULT_CPU_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,10 @@ class Usage:
 
     memory_peak_bytes: int | None
     oom_kills: int | None
+
+
+def _v1_shares(weight: int) -> int:
+    return max(2, weight * 1024 // DEFAULT_CPU_WEIGHT)
 
 
 def detect_version(root: pathlib.Path) -> int:
@@ -133,13 +141,26 @@ class Cgroups:
             files = [(base / "memory.max", str(limits.memory_bytes))]
             if (base / "memory.swap.max").exists():
                 files.append((base / "memory.swap.max", "0"))
-            return files + [(base / "pids.max", str(limits.pids))]
+            return files + [(base / "pids.max", str(limits.pids)), (base / "cpu.weight", str(limits.cpu_weight))]
         memory = self.root / "memory" / relative
         files = [(memory / "memory.limit_in_bytes", str(limits.memory_bytes))]
         if (memory / "memory.memsw.limit_in_bytes").exists():
             # memory+swap equal to memory: no swap on top of the limit.
             files.append((memory / "memory.memsw.limit_in_bytes", str(limits.memory_bytes)))
-        return files + [(self.root / "pids" / relative / "pids.max", str(limits.pids))]
+        return files + [(self.root / "pids" / relative / "pids.max", str(limits.pids)),
+                        (self.root / "cpu" / relative / "cpu.shares", str(_v1_shares(limits.cpu_weight)))]
+
+    def set_cpu_weight(self, sandbox_id: str, weight: int) -> None:
+        """Change a live sandbox's CPU weight (booting pool members run low, requests normal)."""
+        relative = pathlib.PurePosixPath(self.parent) / sandbox_id
+        if self.version == 2:
+            path, value = self.root / relative / "cpu.weight", str(weight)
+        else:
+            path, value = self.root / "cpu" / relative / "cpu.shares", str(_v1_shares(weight))
+        try:
+            path.write_text(value)
+        except OSError as exc:
+            raise HostError(f"set cpu weight of sandbox {sandbox_id}: {exc}") from exc
 
     def usage(self, sandbox_id: str) -> Usage:
         if self.version == 2:

@@ -63,6 +63,11 @@ async def health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
+async def status(request: web.Request) -> web.Response:
+    """Pool and capacity state (``/healthz`` stays exactly upstream's ``{"status": "ok"}``)."""
+    return _json({"status": "ok", **request.app[EXECUTOR].status()})
+
+
 async def run(request: web.Request) -> web.Response:
     executor = request.app[EXECUTOR]
     body = await request.read()
@@ -75,5 +80,6 @@ def create_app(executor: Executor, *, max_request_bytes: int) -> web.Application
     app[EXECUTOR] = executor
     app.router.add_get("/", health)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/status", status)
     app.router.add_post(RUN_PATH, run)
     return app

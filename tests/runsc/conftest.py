@@ -35,15 +35,29 @@ def assert_nothing_left(service) -> None:
     assert ours == [], f"runsc processes left: {ours}"
 
 
+@pytest.fixture(params=["cold", "warm"])
+def mode(request) -> str:
+    """Every test of the contract runs twice: sandboxes booted on demand, and from the pool."""
+    return request.param
+
+
 @pytest.fixture
-async def make_service(test_env):
-    """Factory: ``await make_service(SANDBOX_X=...)`` starts a service with extra settings."""
+async def make_service(test_env, mode):
+    """Factory: ``await make_service(SANDBOX_X=...)`` starts a service with extra settings.
+
+    In warm mode each pool a test's code routes to has one member, and ``run`` waits for it
+    and checks that the request was served warm."""
     require_runsc()
     started = []
 
     async def make(**overrides):
-        env = {**test_env, **{k: str(v) for k, v in overrides.items()}}
+        env = {**test_env}
+        if mode == "warm":
+            env.update(SANDBOX_EXECUTOR_MANAGER_POOL_SIZE="1", SANDBOX_POOL_SIZE_PYTHON_PRELOAD="0",
+                       SANDBOX_POOL_SIZE_NODEJS_PRELOAD="0")
+        env.update({k: str(v) for k, v in overrides.items()})
         service = await start_service(Settings.from_env(env))
+        service.mode = mode
         started.append(service)
         return service
 
@@ -59,9 +73,19 @@ async def service(make_service):
     return await make_service()
 
 
-def run(service, code: str, language: str = "python", **arguments):
-    """Execute ``code`` through the service's executor (the path /run takes)."""
-    return service.executor.execute(RunRequest(language=language, source=code, arguments=arguments))
+async def run(service, code: str, language: str = "python", **arguments):
+    """Execute ``code`` through the service's executor (the path /run takes); in warm mode
+    wait for the pool the code routes to and assert the request was served from it."""
+    executor = service.executor
+    pool = executor.pools.get(executor.route(executor.languages[language], code))
+    warm = getattr(service, "mode", "cold") == "warm" and pool is not None
+    if warm:
+        await pool.wait_ready(1)
+    before = executor.warm_starts
+    result = await executor.execute(RunRequest(language=language, source=code, arguments=arguments))
+    if warm and result["exit_code"] != -999:
+        assert executor.warm_starts == before + 1, "the request was not served by a warm sandbox"
+    return result
 
 
 def b64(text: str) -> str:

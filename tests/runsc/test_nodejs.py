@@ -46,7 +46,8 @@ async def test_thrown_error_is_program_error(service):
     assert result["exit_code"] == 1
 
 
-async def test_axios_resolves_from_workdir(service):
+async def test_axios_resolves_from_workdir(make_service, mode):
+    service = await make_service(SANDBOX_POOL_SIZE_NODEJS_PRELOAD=int(mode == "warm"))
     code = ("const axios = require('axios');\n"
             "function main() { return typeof axios.get; }\n")
     result = await run(service, code, "nodejs")

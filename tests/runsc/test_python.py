@@ -142,8 +142,9 @@ async def test_300mb_allocation_is_oom(service):
     assert result["memory_used_kb"] > 200 * 1024
 
 
-async def test_pandas(make_service):
-    service = await make_service(SANDBOX_TIMEOUT="30s")  # a cold import of pandas takes seconds under ptrace
+async def test_pandas(make_service, mode):
+    # a cold import of pandas takes seconds under ptrace; warm, the preload pool has it imported
+    service = await make_service(SANDBOX_TIMEOUT="30s", SANDBOX_POOL_SIZE_PYTHON_PRELOAD=int(mode == "warm"))
     code = (
         "import pandas as pd\n"
         "def main():\n"
@@ -157,8 +158,8 @@ async def test_pandas(make_service):
     assert result["stdout"] == "(3, 2)\n"
 
 
-async def test_matplotlib_png_artifact(make_service):
-    service = await make_service(SANDBOX_TIMEOUT="30s")
+async def test_matplotlib_png_artifact(make_service, mode):
+    service = await make_service(SANDBOX_TIMEOUT="30s", SANDBOX_POOL_SIZE_PYTHON_PRELOAD=int(mode == "warm"))
     code = (
         "import matplotlib.pyplot as plt\n"
         "def main():\n"
