@@ -35,6 +35,16 @@ class RunRequest:
     request_id: str = "-"
 
 
+@dataclass(frozen=True)
+class Execution:
+    """A request's result body plus facts about how it ran (for headers, logs, benchmarks)."""
+
+    result: dict
+    sandbox_id: str | None = None
+    warm: bool = False
+    sandbox_ms: float | None = None  # the runner's own account of the user's code
+
+
 def profile_key(language: str, preload: bool) -> str:
     return f"{language}_preload" if preload else language
 
@@ -104,12 +114,12 @@ class Executor:
         checked = source + language.source_suffix
         return [issue.render() for issue in CHECKERS[language.static_check](checked)]
 
-    async def execute(self, request: RunRequest) -> dict:
+    async def execute(self, request: RunRequest) -> Execution:
         language = self.languages[request.language]
         issues = self.static_issues(language, request.source)
         if issues:
             log.info("request=%s rejected by the static check (%d issues)", request.request_id, len(issues))
-            return outcome.unsafe_code_result(issues)
+            return Execution(outcome.unsafe_code_result(issues))
         try:
             await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
         except asyncio.TimeoutError:
@@ -136,7 +146,7 @@ class Executor:
             log.info("request=%s sandbox=%s language=%s warm=%s status=%s exit_code=%s time_ms=%.0f",
                      request.request_id, sandbox.id, language.name, sandbox.warm, result["status"],
                      result["exit_code"], record.wall_ms)
-            return result
+            return Execution(result, sandbox_id=sandbox.id, warm=sandbox.warm, sandbox_ms=record.sandbox_ms)
         finally:
             self.running -= 1
             self._retire(sandbox)

@@ -38,6 +38,7 @@ class RunRecord:
     output_exceeded: str | None = None  # "stdout" or "stderr"
     oom_killed: bool = False
     wall_ms: float = 0.0
+    sandbox_ms: float | None = None  # the runner's own timing of the user's code
     memory_peak_bytes: int | None = None
     artifacts: list[dict] = field(default_factory=list)
 

@@ -302,6 +302,8 @@ class Sandbox:
                     record.exit_code = int(frame.get("exit_code", 1))
                     record.returned = bool(frame.get("returned")) and isinstance(frame.get("result_json"), str)
                     record.result_json = frame.get("result_json") if record.returned else None
+                    if isinstance(frame.get("duration_ms"), (int, float)):
+                        record.sandbox_ms = float(frame["duration_ms"])
                 elif frame is not None:
                     raise ProtocolError(f"run: expected a done frame, got {frame['type']!r}", sandbox_id=self.id)
                 else:

@@ -72,7 +72,15 @@ async def run(request: web.Request) -> web.Response:
     executor = request.app[EXECUTOR]
     body = await request.read()
     run_request = parse_run_request(body, executor.languages, request_id=REQUEST_ID.get())
-    return _json(await executor.execute(run_request))
+    execution = await executor.execute(run_request)
+    response = _json(execution.result)
+    response.headers["X-Request-Id"] = REQUEST_ID.get()
+    if execution.sandbox_id is not None:
+        response.headers["X-Sandbox-Id"] = execution.sandbox_id
+        response.headers["X-Sandbox-Warm"] = "1" if execution.warm else "0"
+    if execution.sandbox_ms is not None:
+        response.headers["X-Sandbox-Run-Ms"] = f"{execution.sandbox_ms:.3f}"
+    return response
 
 
 def create_app(executor: Executor, *, max_request_bytes: int) -> web.Application:

@@ -58,6 +58,7 @@ async def make_service(test_env, mode):
         env.update({k: str(v) for k, v in overrides.items()})
         service = await start_service(Settings.from_env(env))
         service.mode = mode
+        service.used_sandbox_ids = set()
         started.append(service)
         return service
 
@@ -82,9 +83,13 @@ async def run(service, code: str, language: str = "python", **arguments):
     if warm:
         await pool.wait_ready(1)
     before = executor.warm_starts
-    result = await executor.execute(RunRequest(language=language, source=code, arguments=arguments))
+    execution = await executor.execute(RunRequest(language=language, source=code, arguments=arguments))
+    result = execution.result
     if warm and result["exit_code"] != -999:
-        assert executor.warm_starts == before + 1, "the request was not served by a warm sandbox"
+        assert executor.warm_starts == before + 1 and execution.warm, "the request was not served warm"
+    if result["exit_code"] != -999:
+        assert execution.sandbox_id not in service.used_sandbox_ids, "a sandbox served a second request"
+        service.used_sandbox_ids.add(execution.sandbox_id)
     return result
 
 
