@@ -69,6 +69,7 @@ class SandboxHost:
     limits: Limits
     boot_timeout_s: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    seccomp: dict | None = None  # the spec's linux.seccomp, enforced by runsc --oci-seccomp
 
 
 class Sandbox:
@@ -150,6 +151,7 @@ class Sandbox:
             tmp_bytes=self.host.limits.tmp_bytes,
             uid=self.host.uid,
             gid=self.host.gid,
+            seccomp=self.host.seccomp,
             annotations={"dev.gvisor-sandbox.language": self.language.name},
         )
         spec = build_spec(params)

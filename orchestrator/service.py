@@ -21,6 +21,7 @@ from orchestrator.runtime.runsc import RunscInfo, RunscRuntime, probe_runsc
 from orchestrator.sandbox import SandboxHost
 from orchestrator.settings import Settings
 from rootfs_builder.errors import RootfsError
+from seccomp.profile import load_profile
 from rootfs_builder.store import find_rootfs
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,10 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
         reaped = await reap(runtime, cgroups, settings.state_dir)
         if reaped:
             log.warning("reaped leftovers of an earlier run: %s", ", ".join(reaped))
+    seccomp = load_profile(settings.runsc.seccomp_profile) if settings.runsc.enable_seccomp else None
     host = SandboxHost(runtime=runtime, cgroups=cgroups, state_dir=settings.state_dir,
                        uid=settings.sandbox_uid, gid=settings.sandbox_gid, limits=settings.limits,
-                       boot_timeout_s=settings.boot_timeout_s)
+                       boot_timeout_s=settings.boot_timeout_s, seccomp=seccomp)
     executor = Executor(settings, languages, rootfs, host)
     executor.start_pools()
     return Service(settings=settings, runsc=info, runtime=runtime, cgroups=cgroups, languages=languages,

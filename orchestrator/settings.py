@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from orchestrator.errors import ConfigError
+from seccomp.profile import profile_names
 
 _SOURCE_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -115,6 +116,7 @@ class RunscSettings:
     platform: str = "ptrace"
     network: str = "none"
     enable_seccomp: bool = False
+    seccomp_profile: str = "default"
     debug_log_dir: pathlib.Path | None = None
 
 
@@ -178,6 +180,8 @@ class Settings:
                           default.runsc.platform),
             network=read("SANDBOX_CONTAINER_NETWORK", lambda n, v: parse_choice(n, v, ("none",)), default.runsc.network),
             enable_seccomp=read("SANDBOX_ENABLE_SECCOMP", parse_bool, default.runsc.enable_seccomp),
+            seccomp_profile=read("SANDBOX_SECCOMP_PROFILE", lambda n, v: parse_choice(n, v, profile_names()),
+                                 default.runsc.seccomp_profile),
             debug_log_dir=read("SANDBOX_RUNSC_DEBUG_LOG_DIR", parse_path, None),
         )
 
