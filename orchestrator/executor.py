@@ -43,6 +43,7 @@ class Execution:
     sandbox_id: str | None = None
     warm: bool = False
     sandbox_ms: float | None = None  # the runner's own account of the user's code
+    cpu_ms: float | None = None  # CPU time of the run, from the sandbox's cgroup
 
 
 def profile_key(language: str, preload: bool) -> str:
@@ -143,10 +144,11 @@ class Executor:
                     collect_artifacts, sandbox.workspace_dir, exclude=frozenset({language.source_file, "arguments.json"}))
             result = outcome.classify(record, memory_limit_bytes=self.settings.limits.memory_bytes,
                                       output_limit_bytes=self.settings.limits.output_bytes)
-            log.info("request=%s sandbox=%s language=%s warm=%s status=%s exit_code=%s time_ms=%.0f",
+            log.info("request=%s sandbox=%s language=%s warm=%s status=%s exit_code=%s time_ms=%.0f cpu_ms=%s",
                      request.request_id, sandbox.id, language.name, sandbox.warm, result["status"],
-                     result["exit_code"], record.wall_ms)
-            return Execution(result, sandbox_id=sandbox.id, warm=sandbox.warm, sandbox_ms=record.sandbox_ms)
+                     result["exit_code"], record.wall_ms, None if record.cpu_ms is None else round(record.cpu_ms))
+            return Execution(result, sandbox_id=sandbox.id, warm=sandbox.warm, sandbox_ms=record.sandbox_ms,
+                             cpu_ms=record.cpu_ms)
         finally:
             self.running -= 1
             self._retire(sandbox)

@@ -39,6 +39,7 @@ class RunRecord:
     oom_killed: bool = False
     wall_ms: float = 0.0
     sandbox_ms: float | None = None  # the runner's own timing of the user's code
+    cpu_ms: float | None = None  # CPU time the sandbox used for the run (cgroup)
     memory_peak_bytes: int | None = None
     artifacts: list[dict] = field(default_factory=list)
 

@@ -70,6 +70,7 @@ class SandboxHost:
     boot_timeout_s: float = 60.0
     extra_env: dict[str, str] = field(default_factory=dict)
     seccomp: dict | None = None  # the spec's linux.seccomp, enforced by runsc --oci-seccomp
+    bounded_workspace: bool = True  # a size-limited tmpfs per workspace (needs root)
 
 
 class Sandbox:
@@ -95,6 +96,7 @@ class Sandbox:
         self._writer: asyncio.StreamWriter | None = None
         self._used = False
         self._reported = False
+        self._cpu_ns_before_run: int | None = None
         self._destroyed = False
 
     def __repr__(self) -> str:
@@ -115,13 +117,15 @@ class Sandbox:
         """Prepare the host side; for the runner protocol also start it and wait until ready."""
         started = time.monotonic()
         try:
-            self._dirs = workspace.create_sandbox_dirs(self.host.state_dir, self.id, self.host.uid, self.host.gid)
+            size = self.host.limits.workspace_bytes if self.host.bounded_workspace else None
+            self._dirs = workspace.create_sandbox_dirs(self.host.state_dir, self.id, self.host.uid, self.host.gid,
+                                                       size_bytes=size)
             self._stack.callback(workspace.remove_sandbox_dirs, self._dirs)
             if self.host.cgroups is not None:
                 limits = self.host.limits
                 weight = BOOT_CPU_WEIGHT if self.warm else DEFAULT_CPU_WEIGHT
                 self.host.cgroups.create(self.id, CgroupLimits(memory_bytes=limits.memory_bytes, pids=limits.pids,
-                                                               cpu_weight=weight))
+                                                               cpus=limits.cpus, cpu_weight=weight))
                 self._stack.push_async_callback(asyncio.to_thread, self.host.cgroups.remove, self.id)
             if self.language.can_boot_ahead:
                 env = {"SANDBOX_PRELOAD": ",".join(self.language.preload)} if self.preload else {}
@@ -257,8 +261,10 @@ class Sandbox:
         if self.language.can_boot_ahead:
             if not self.is_alive:
                 raise SandboxError("run: the sandbox is no longer running", sandbox_id=self.id)
-            if self.warm and self.host.cgroups is not None:
-                self.host.cgroups.set_cpu_weight(self.id, DEFAULT_CPU_WEIGHT)
+            if self.host.cgroups is not None:
+                if self.warm:
+                    self.host.cgroups.set_cpu_weight(self.id, DEFAULT_CPU_WEIGHT)
+                self._cpu_ns_before_run = self.host.cgroups.usage(self.id).cpu_ns
             request = {"type": "run", "source": source_name, "arguments": job.arguments}
             assert self._writer is not None
             self._writer.write(json.dumps(request, ensure_ascii=False).encode("utf-8") + b"\n")
@@ -325,6 +331,8 @@ class Sandbox:
         if self.host.cgroups is not None:
             usage = self.host.cgroups.usage(self.id)
             record.memory_peak_bytes = usage.memory_peak_bytes
+            if usage.cpu_ns is not None:
+                record.cpu_ms = (usage.cpu_ns - (self._cpu_ns_before_run or 0)) / 1e6
             record.oom_killed = bool(usage.oom_kills) and not record.timed_out
         elif not record.reported and record.exit_code == 137 and not record.timed_out:
             record.oom_killed = True

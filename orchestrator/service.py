@@ -11,18 +11,20 @@ import logging
 import pathlib
 from dataclasses import dataclass
 
+import psutil
+
 from orchestrator.errors import HostError, RunscError
 from orchestrator.executor import Executor
 from orchestrator.host import workspace
-from orchestrator.host.cgroups import Cgroups
+from orchestrator.host.cgroups import CgroupLimits, Cgroups
 from orchestrator.language import Language, load_languages
 from orchestrator.runtime.argv import RunscConfig
 from orchestrator.runtime.runsc import RunscInfo, RunscRuntime, probe_runsc
 from orchestrator.sandbox import SandboxHost
 from orchestrator.settings import Settings
 from rootfs_builder.errors import RootfsError
-from seccomp.profile import load_profile
 from rootfs_builder.store import find_rootfs
+from seccomp.profile import load_profile
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,8 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
     cgroups = None
     if cgroup_root is not None:
         cgroups = Cgroups(cgroup_root, settings.cgroup_parent)
-        cgroups.prepare()
+        total_memory = settings.total_memory_bytes or int(psutil.virtual_memory().total * 0.8)
+        cgroups.prepare(CgroupLimits(memory_bytes=total_memory, cpus=settings.total_cpus))
     if isinstance(runtime, RunscRuntime):
         reaped = await reap(runtime, cgroups, settings.state_dir)
         if reaped:

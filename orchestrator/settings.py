@@ -74,6 +74,16 @@ def parse_int(name: str, value: str, *, minimum: int, maximum: int) -> int:
     return number
 
 
+def parse_float(name: str, value: str, *, minimum: float, maximum: float) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: invalid number {value!r}") from None
+    if not minimum <= number <= maximum:
+        raise ConfigError(f"{name}: {number} is out of range [{minimum}, {maximum}]")
+    return number
+
+
 def parse_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     text = value.strip().lower()
     if text not in choices:
@@ -107,7 +117,8 @@ class Limits:
     output_bytes: int = 1024**2  # per stream (stdout, stderr)
     tmp_bytes: int = 64 * 1024**2
     workspace_bytes: int = 64 * 1024**2
-    pids: int = 128
+    pids: int = 128  # host tasks of the sandbox, gVisor's own (~40 under ptrace) included
+    cpus: float = 1.0  # CPU quota per sandbox, in cores
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,8 @@ class Settings:
     languages_dirs: tuple[pathlib.Path, ...] = (_SOURCE_ROOT / "languages",)
     base_images: Mapping[str, str] = field(default_factory=dict)
     cgroup_parent: str = "gvisor-sandbox"
+    total_memory_bytes: int | None = None  # budget of all sandboxes together; None = 80% of RAM
+    total_cpus: float | None = None  # None = no quota on the whole service
     sandbox_uid: int = 10001
     sandbox_gid: int = 10001
     log_level: str = "INFO"
@@ -163,7 +176,8 @@ class Settings:
             output_bytes=read("SANDBOX_MAX_OUTPUT", parse_size, default.limits.output_bytes),
             tmp_bytes=read("SANDBOX_TMP_SIZE", parse_size, default.limits.tmp_bytes),
             workspace_bytes=read("SANDBOX_WORKSPACE_SIZE", parse_size, default.limits.workspace_bytes),
-            pids=read("SANDBOX_MAX_PIDS", lambda n, v: parse_int(n, v, minimum=8, maximum=65536), default.limits.pids),
+            pids=read("SANDBOX_MAX_PIDS", lambda n, v: parse_int(n, v, minimum=64, maximum=65536), default.limits.pids),
+            cpus=read("SANDBOX_MAX_CPUS", lambda n, v: parse_float(n, v, minimum=0.05, maximum=1024), default.limits.cpus),
         )
         if limits.memory_bytes < 16 * 1024**2:
             raise ConfigError("SANDBOX_MAX_MEMORY: must be at least 16m (an interpreter needs that much to start)")
@@ -225,6 +239,9 @@ class Settings:
             languages_dirs=languages_dirs,
             base_images=base_images,
             cgroup_parent=read("SANDBOX_CGROUP_PARENT", _parse_cgroup_name, default.cgroup_parent),
+            total_memory_bytes=read("SANDBOX_TOTAL_MEMORY", parse_size, default.total_memory_bytes),
+            total_cpus=read("SANDBOX_TOTAL_CPUS", lambda n, v: parse_float(n, v, minimum=0.1, maximum=4096),
+                            default.total_cpus),
             sandbox_uid=read("SANDBOX_UID", lambda n, v: parse_int(n, v, minimum=1, maximum=2**31 - 2),
                              default.sandbox_uid),
             sandbox_gid=read("SANDBOX_GID", lambda n, v: parse_int(n, v, minimum=1, maximum=2**31 - 2),
@@ -233,6 +250,8 @@ class Settings:
                            lambda n, v: parse_choice(n, v, ("debug", "info", "warning", "error")).upper(),
                            default.log_level),
         )
+        if settings.total_memory_bytes is not None and settings.total_memory_bytes < limits.memory_bytes:
+            raise ConfigError("SANDBOX_TOTAL_MEMORY: smaller than SANDBOX_MAX_MEMORY, so no sandbox could run")
         return settings
 
     def pool_size_for(self, profile_key: str) -> int:

@@ -1,9 +1,12 @@
-"""The only writer under the cgroup filesystem: one cgroup per sandbox below a parent of ours.
+"""The only writer under the cgroup filesystem: a parent cgroup of ours holding one child per
+sandbox.
 
-We create each sandbox's cgroup before runsc starts and pass it as ``linux.cgroupsPath``;
-runsc joins it and writes the spec's limits into it.  Because the cgroup is ours, runsc does
-not remove it when the sandbox exits, so its counters (peak memory, OOM kills) can still be
-read afterwards; we remove it ourselves.  Both hierarchies are supported:
+The parent carries the service's total budget (memory, CPU) for all sandboxes together.  Each
+sandbox's child is created before runsc starts and passed as ``linux.cgroupsPath``; runsc
+joins it but leaves a cgroup it did not create untouched, so the limits are written here
+(memory without swap on top, pids, CPU quota and weight), and the counters (peak memory, OOM
+kills, CPU time) can still be read after the sandbox exited; we remove the child ourselves.
+Both hierarchies are supported:
 
 v1 (hybrid hosts)  <root>/<controller>/<parent>/<id> for memory, pids, cpu, cpuacct
 v2 (unified)       <root>/<parent>/<id>, with memory, pids, cpu enabled in the parents
@@ -26,16 +29,16 @@ log = logging.getLogger(__name__)
 
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
-
-
 DEFAULT_CPU_WEIGHT = 100  # cgroup v2 units (1..10000); v1 shares are weight * 1024 / 100
+CPU_PERIOD_US = 100_000
 
 
 @dataclass(frozen=True)
 class CgroupLimits:
-    memory_bytes: int
-    pids: int
-    cpu_weight: int = DEFAULT_CPU_WEIGHT
+    memory_bytes: int | None = None
+    pids: int | None = None
+    cpus: float | None = None  # CPU quota in cores; None = no quota
+    cpu_weight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Usage:
 
     memory_peak_bytes: int | None
     oom_kills: int | None
+    cpu_ns: int | None
 
 
 def _v1_shares(weight: int) -> int:
@@ -61,12 +65,8 @@ def detect_version(root: pathlib.Path) -> int:
 
 def _read_int(path: pathlib.Path) -> int | None:
     try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    try:
-        return int(text)
-    except ValueError:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
         return None
 
 
@@ -92,14 +92,53 @@ class Cgroups:
         """The value for the spec's ``linux.cgroupsPath``."""
         return f"/{self.parent}/{sandbox_id}"
 
-    def _dirs(self, sandbox_id: str) -> list[pathlib.Path]:
-        relative = pathlib.PurePosixPath(self.parent) / sandbox_id
-        if self.version == 2:
-            return [self.root / relative]
-        return [self.root / controller / relative for controller in V1_CONTROLLERS]
+    # -- paths ------------------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Create the parent (idempotent); on v2 enable our controllers down to it."""
+    def _node(self, controller: str, sandbox_id: str | None = None) -> pathlib.Path:
+        """Directory of our parent (``sandbox_id`` None) or of a sandbox, for ``controller``."""
+        relative = pathlib.PurePosixPath(self.parent)
+        if sandbox_id is not None:
+            relative /= sandbox_id
+        return self.root / relative if self.version == 2 else self.root / controller / relative
+
+    def _dirs(self, sandbox_id: str | None) -> list[pathlib.Path]:
+        controllers = ("memory",) if self.version == 2 else V1_CONTROLLERS
+        return [self._node(controller, sandbox_id) for controller in controllers]
+
+    def _limit_files(self, sandbox_id: str | None, limits: CgroupLimits) -> list[tuple[pathlib.Path, str]]:
+        memory, pids, cpu = (self._node(c, sandbox_id) for c in ("memory", "pids", "cpu"))
+        files: list[tuple[pathlib.Path, str]] = []
+        if self.version == 2:
+            if limits.memory_bytes is not None:
+                files.append((memory / "memory.max", str(limits.memory_bytes)))
+                if (memory / "memory.swap.max").exists():
+                    files.append((memory / "memory.swap.max", "0"))
+            if limits.pids is not None:
+                files.append((pids / "pids.max", str(limits.pids)))
+            if limits.cpus is not None:
+                files.append((cpu / "cpu.max", f"{int(limits.cpus * CPU_PERIOD_US)} {CPU_PERIOD_US}"))
+            if limits.cpu_weight is not None:
+                files.append((cpu / "cpu.weight", str(limits.cpu_weight)))
+            return files
+        if limits.memory_bytes is not None:
+            files.append((memory / "memory.limit_in_bytes", str(limits.memory_bytes)))
+            if (memory / "memory.memsw.limit_in_bytes").exists():
+                # memory+swap equal to memory: no swap on top of the limit.
+                files.append((memory / "memory.memsw.limit_in_bytes", str(limits.memory_bytes)))
+        if limits.pids is not None:
+            files.append((pids / "pids.max", str(limits.pids)))
+        if limits.cpus is not None:
+            files += [(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US)),
+                      (cpu / "cpu.cfs_quota_us", str(int(limits.cpus * CPU_PERIOD_US)))]
+        if limits.cpu_weight is not None:
+            files.append((cpu / "cpu.shares", str(_v1_shares(limits.cpu_weight))))
+        return files
+
+    # -- parent -----------------------------------------------------------------------------
+
+    def prepare(self, totals: CgroupLimits = CgroupLimits()) -> None:
+        """Create the parent (idempotent) with the service's total budget; on v2 enable our
+        controllers down to it."""
         try:
             if self.version == 2:
                 node = self.root
@@ -109,65 +148,61 @@ class Cgroups:
                     node.mkdir(exist_ok=True)
                 self._enable_controllers(node)
             else:
-                for controller in V1_CONTROLLERS:
-                    (self.root / controller / self.parent).mkdir(parents=True, exist_ok=True)
+                for directory in self._dirs(None):
+                    directory.mkdir(parents=True, exist_ok=True)
+            for path, value in self._limit_files(None, totals):
+                path.write_text(value)
         except OSError as exc:
             raise HostError(f"prepare cgroup parent {self.parent}: {exc}") from exc
 
     def _enable_controllers(self, node: pathlib.Path) -> None:
         available = (node / "cgroup.controllers").read_text().split()
-        wanted = [c for c in V2_CONTROLLERS if c in available]
         missing = set(V2_CONTROLLERS) - set(available)
         if missing:
             raise HostError(f"prepare cgroups: controllers {sorted(missing)} are not available in {node}")
-        (node / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
+        (node / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in V2_CONTROLLERS))
+
+    def remove_parent(self) -> None:
+        """Remove our (empty) parent cgroup(s): ``make clean`` and tests use it."""
+        for directory in self._dirs(None):
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise HostError(f"remove cgroup {directory}: {exc}") from exc
+
+    # -- sandboxes --------------------------------------------------------------------------
 
     def create(self, sandbox_id: str, limits: CgroupLimits) -> None:
-        """Create the sandbox's cgroup and write its limits (runsc leaves a cgroup it did
-        not create untouched, so the limits are ours to set)."""
+        """Create the sandbox's cgroup and write its limits."""
         try:
             for directory in self._dirs(sandbox_id):
-                directory.mkdir(parents=self.version == 1)
+                directory.mkdir()
             for path, value in self._limit_files(sandbox_id, limits):
                 path.write_text(value)
         except OSError as exc:
             self.remove(sandbox_id)
             raise HostError(f"create cgroup for sandbox {sandbox_id}: {exc}") from exc
 
-    def _limit_files(self, sandbox_id: str, limits: CgroupLimits) -> list[tuple[pathlib.Path, str]]:
-        relative = pathlib.PurePosixPath(self.parent) / sandbox_id
-        if self.version == 2:
-            base = self.root / relative
-            files = [(base / "memory.max", str(limits.memory_bytes))]
-            if (base / "memory.swap.max").exists():
-                files.append((base / "memory.swap.max", "0"))
-            return files + [(base / "pids.max", str(limits.pids)), (base / "cpu.weight", str(limits.cpu_weight))]
-        memory = self.root / "memory" / relative
-        files = [(memory / "memory.limit_in_bytes", str(limits.memory_bytes))]
-        if (memory / "memory.memsw.limit_in_bytes").exists():
-            # memory+swap equal to memory: no swap on top of the limit.
-            files.append((memory / "memory.memsw.limit_in_bytes", str(limits.memory_bytes)))
-        return files + [(self.root / "pids" / relative / "pids.max", str(limits.pids)),
-                        (self.root / "cpu" / relative / "cpu.shares", str(_v1_shares(limits.cpu_weight)))]
-
     def set_cpu_weight(self, sandbox_id: str, weight: int) -> None:
         """Change a live sandbox's CPU weight (booting pool members run low, requests normal)."""
-        relative = pathlib.PurePosixPath(self.parent) / sandbox_id
-        if self.version == 2:
-            path, value = self.root / relative / "cpu.weight", str(weight)
-        else:
-            path, value = self.root / "cpu" / relative / "cpu.shares", str(_v1_shares(weight))
         try:
-            path.write_text(value)
+            for path, value in self._limit_files(sandbox_id, CgroupLimits(cpu_weight=weight)):
+                path.write_text(value)
         except OSError as exc:
             raise HostError(f"set cpu weight of sandbox {sandbox_id}: {exc}") from exc
 
     def usage(self, sandbox_id: str) -> Usage:
         if self.version == 2:
-            base = self._dirs(sandbox_id)[0]
-            return Usage(_read_int(base / "memory.peak"), _read_key(base / "memory.events", "oom_kill"))
-        memory = self.root / "memory" / self.parent / sandbox_id
-        return Usage(_read_int(memory / "memory.max_usage_in_bytes"), _read_key(memory / "memory.oom_control", "oom_kill"))
+            base = self._node("memory", sandbox_id)
+            usec = _read_key(base / "cpu.stat", "usage_usec")
+            return Usage(_read_int(base / "memory.peak"), _read_key(base / "memory.events", "oom_kill"),
+                         None if usec is None else usec * 1000)
+        memory = self._node("memory", sandbox_id)
+        return Usage(_read_int(memory / "memory.max_usage_in_bytes"),
+                     _read_key(memory / "memory.oom_control", "oom_kill"),
+                     _read_int(self._node("cpuacct", sandbox_id) / "cpuacct.usage"))
 
     def remove(self, sandbox_id: str, *, wait_s: float = 2.0) -> None:
         """Remove the sandbox's cgroup(s); waits briefly while the last tasks exit."""
@@ -184,20 +219,7 @@ class Cgroups:
                         raise HostError(f"remove cgroup {directory}: {exc}") from exc
                     time.sleep(0.02)
 
-    def remove_parent(self) -> None:
-        """Remove our (empty) parent cgroup(s): ``make clean`` and tests use it."""
-        parents = [self.root / self.parent] if self.version == 2 else [
-            self.root / controller / self.parent for controller in V1_CONTROLLERS]
-        for directory in parents:
-            try:
-                os.rmdir(directory)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise HostError(f"remove cgroup {directory}: {exc}") from exc
-
     def list_sandboxes(self) -> list[str]:
         """Ids of the sandbox cgroups present under our parent (for reaping)."""
-        bases = [self.root / self.parent] if self.version == 2 else [
-            self.root / controller / self.parent for controller in V1_CONTROLLERS]
-        return sorted({entry.name for base in bases if base.is_dir() for entry in base.iterdir() if entry.is_dir()})
+        return sorted({entry.name for base in self._dirs(None) if base.is_dir()
+                       for entry in base.iterdir() if entry.is_dir()})

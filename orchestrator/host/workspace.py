@@ -7,11 +7,16 @@
             artifacts/                 sandbox uid; files the program leaves here are
                                        collected as artifacts
 
-Removing the directory is the whole undo; ``list_sandbox_dirs`` lets start-up reap leftovers.
+With a size, the workspace is a tmpfs of its own mounted on the host (``size=``, owned by the
+sandbox uid), so a program filling its disk gets ENOSPC and the host's disks are untouched;
+unmounting it and removing the directory is the whole undo.  ``list_sandbox_dirs`` lets
+start-up reap leftovers.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import pathlib
 import shutil
@@ -41,15 +46,42 @@ def sandboxes_dir(state_dir: pathlib.Path) -> pathlib.Path:
     return state_dir / "sandboxes"
 
 
-def create_sandbox_dirs(state_dir: pathlib.Path, sandbox_id: str, uid: int, gid: int) -> SandboxDirs:
+_MS_NOSUID, _MS_NODEV = 2, 4
+_MNT_DETACH = 2
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _mount_tmpfs(target: pathlib.Path, size_bytes: int, uid: int, gid: int) -> None:
+    options = f"size={size_bytes},mode=0755,uid={uid},gid={gid}".encode()
+    if _libc().mount(b"tmpfs", str(target).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, options) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"mount tmpfs on {target}: {os.strerror(error)}")
+
+
+def _unmount(target: pathlib.Path) -> None:
+    if _libc().umount2(str(target).encode(), _MNT_DETACH) != 0:
+        error = ctypes.get_errno()
+        if error not in (22, 2):  # EINVAL: not a mount point; ENOENT: gone
+            raise OSError(error, f"unmount {target}: {os.strerror(error)}")
+
+
+def create_sandbox_dirs(state_dir: pathlib.Path, sandbox_id: str, uid: int, gid: int,
+                        size_bytes: int | None = None) -> SandboxDirs:
+    """The sandbox's directories; with ``size_bytes`` the workspace is a tmpfs of that size."""
     dirs = SandboxDirs(sandboxes_dir(state_dir) / sandbox_id)
     try:
         sandboxes_dir(state_dir).mkdir(mode=0o711, parents=True, exist_ok=True)
         dirs.root.mkdir(mode=0o711)
         dirs.bundle.mkdir(mode=0o700)
-        for directory in (dirs.workspace, dirs.workspace / "artifacts"):
-            directory.mkdir(mode=0o755)
-            os.chown(directory, uid, gid)
+        dirs.workspace.mkdir(mode=0o755)
+        if size_bytes is not None:
+            _mount_tmpfs(dirs.workspace, size_bytes, uid, gid)
+        os.chown(dirs.workspace, uid, gid)
+        (dirs.workspace / "artifacts").mkdir(mode=0o755)
+        os.chown(dirs.workspace / "artifacts", uid, gid)
     except OSError as exc:
         remove_sandbox_dirs(dirs)
         raise HostError(f"create workspace for sandbox {sandbox_id}: {exc}") from exc
@@ -68,6 +100,11 @@ def write_workspace_file(dirs: SandboxDirs, name: str, data: bytes) -> None:
 
 
 def remove_sandbox_dirs(dirs: SandboxDirs) -> None:
+    try:
+        if os.path.ismount(dirs.workspace):
+            _unmount(dirs.workspace)
+    except OSError as exc:
+        raise HostError(f"remove sandbox directory {dirs.root}: {exc}") from exc
     shutil.rmtree(dirs.root, ignore_errors=True)
     if dirs.root.exists():
         raise HostError(f"remove sandbox directory {dirs.root}: still present")

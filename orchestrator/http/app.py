@@ -80,6 +80,8 @@ async def run(request: web.Request) -> web.Response:
         response.headers["X-Sandbox-Warm"] = "1" if execution.warm else "0"
     if execution.sandbox_ms is not None:
         response.headers["X-Sandbox-Run-Ms"] = f"{execution.sandbox_ms:.3f}"
+    if execution.cpu_ms is not None:
+        response.headers["X-Sandbox-Cpu-Ms"] = f"{execution.cpu_ms:.3f}"
     return response
 
 

@@ -37,6 +37,7 @@ async def make_client(tmp_path):
         settings = Settings(state_dir=tmp_path / "state", **settings_changes)
         languages = load_languages([REPO / "languages"])
         host = SandboxHost(runtime=runtime, cgroups=None, state_dir=settings.state_dir, uid=os_uid(), gid=os_gid(),
+                           bounded_workspace=False,
                            limits=settings.limits)
         executor = Executor(settings, languages, {name: tmp_path for name in languages}, host)
         client = TestClient(TestServer(create_app(executor, max_request_bytes=settings.max_request_bytes)))

@@ -24,7 +24,7 @@ LANGUAGES = load_languages([REPO / "languages"])
 
 @pytest.fixture
 def host(tmp_path):
-    return SandboxHost(runtime=FakeRuntime(), cgroups=None, state_dir=tmp_path / "state",
+    return SandboxHost(runtime=FakeRuntime(), cgroups=None, state_dir=tmp_path / "state", bounded_workspace=False,
                        uid=os.getuid() or 10001, gid=os.getgid() or 10001, limits=Settings().limits)
 
 

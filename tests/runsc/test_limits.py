@@ -1,0 +1,140 @@
+"""Limits we own, attacked from inside a real sandbox: pids, CPU, output, disk, leftovers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from orchestrator.executor import RunRequest
+from tests.runsc.conftest import run
+
+pytestmark = pytest.mark.runsc
+
+
+async def test_fork_bomb_is_contained_and_reported_in_time(make_service):
+    service = await make_service(SANDBOX_ENABLE_AST_ANALYSIS="false", SANDBOX_MAX_PIDS="64", SANDBOX_TIMEOUT="4s")
+    code = (
+        "import os, time\n"
+        "def main():\n"
+        "    children, failures = 0, 0\n"
+        "    for _ in range(200):\n"
+        "        try:\n"
+        "            if os.fork() == 0:\n"
+        "                time.sleep(30)\n"
+        "                os._exit(0)\n"
+        "            children += 1\n"
+        "        except OSError:\n"
+        "            failures += 1\n"
+        "    return {'children': children, 'failures': failures}\n"
+    )
+    started = time.monotonic()
+    result = await run(service, code)
+    assert time.monotonic() - started < 8
+    if result["status"] == "success":
+        value = result["result"]["value"]
+        assert value["children"] < 64 and value["failures"] > 0, value
+    else:  # the pids limit may also surface as a failed run; it must not hang or crash the service
+        assert result["status"] in ("program_error", "resource_limit_exceeded", "runtime_error"), result
+    healthy = await run(service, "def main():\n    return 'still here'\n")
+    assert healthy["result"]["value"] == "still here"
+
+
+async def test_cpu_quota_limits_a_busy_loop(make_service):
+    service = await make_service(SANDBOX_ENABLE_AST_ANALYSIS="false", SANDBOX_MAX_CPUS="0.25", SANDBOX_TIMEOUT="10s")
+    code = (
+        "import threading, time\n"
+        "def spin(until):\n"
+        "    while time.monotonic() < until:\n"
+        "        pass\n"
+        "def main():\n"
+        "    until = time.monotonic() + 2.0\n"
+        "    threads = [threading.Thread(target=spin, args=(until,)) for _ in range(2)]\n"
+        "    [t.start() for t in threads]\n"
+        "    [t.join() for t in threads]\n"
+        "    return 'spun'\n"
+    )
+    executor = service.executor
+    execution = await executor.execute(RunRequest("python", code, {}))
+    assert execution.result["status"] == "success", execution.result
+    assert execution.cpu_ms is not None
+    wall = execution.result["time_used_ms"]
+    # Two spinning threads would use ~2x the wall time unthrottled; the quota allows 0.25x.
+    assert execution.cpu_ms < 0.45 * wall, (execution.cpu_ms, wall)
+
+
+async def test_output_flood_is_stopped_promptly(make_service):
+    service = await make_service(SANDBOX_MAX_OUTPUT="256k", SANDBOX_TIMEOUT="10s")
+    started = time.monotonic()
+    result = await run(service, "def main():\n    while True:\n        print('flood' * 100)\n")
+    assert time.monotonic() - started < 5
+    assert result["status"] == "resource_limit_exceeded"
+    assert result["resource_limit_type"] == "output"
+    assert result["stdout"] == "" and "stdout" in result["stderr"]
+
+
+async def test_disk_fill_gets_enospc(make_service):
+    service = await make_service(SANDBOX_ENABLE_AST_ANALYSIS="false", SANDBOX_TMP_SIZE="8m",
+                                 SANDBOX_WORKSPACE_SIZE="8m")
+    code = (
+        "import errno\n"
+        "def fill(path):\n"
+        "    chunk = b'x' * (1 << 20)\n"
+        "    written = 0\n"
+        "    try:\n"
+        "        with open(path, 'wb') as f:\n"
+        "            for _ in range(64):\n"
+        "                f.write(chunk)\n"
+        "                f.flush()\n"
+        "                written += 1\n"
+        "    except OSError as exc:\n"
+        "        return [written, errno.errorcode[exc.errno]]\n"
+        "    return [written, None]\n"
+        "def main():\n"
+        "    return {'tmp': fill('/tmp/fill'), 'workspace': fill('/workspace/fill')}\n"
+    )
+    result = await run(service, code)
+    assert result["status"] == "success", result
+    value = result["result"]["value"]
+    for where in ("tmp", "workspace"):
+        written, error = value[where]
+        assert error == "ENOSPC" and written <= 8, value
+
+
+async def test_background_process_does_not_survive_into_the_next_run(make_service):
+    service = await make_service(SANDBOX_ENABLE_AST_ANALYSIS="false")
+    plant = (
+        "import subprocess\n"
+        "def main():\n"
+        "    subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        "    return 'planted'\n"
+    )
+    look = (
+        "import os\n"
+        "def main():\n"
+        "    names = []\n"
+        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "        try:\n"
+        "            names.append(open(f'/proc/{pid}/comm').read().strip())\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return sorted(names)\n"
+    )
+    assert (await run(service, plant))["result"]["value"] == "planted"
+    names = (await run(service, look))["result"]["value"]
+    assert "sleep" not in names, names
+
+
+async def test_client_disconnect_mid_run_leaves_nothing(make_service):
+    service = await make_service(SANDBOX_TIMEOUT="30s")
+    task = asyncio.create_task(service.executor.execute(RunRequest("python", "import time\ndef main():\n    time.sleep(20)\n", {})))
+    for _ in range(200):
+        if service.executor.running:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # the fixture's teardown asserts no runsc state, cgroup, directory or process is left
