@@ -102,7 +102,8 @@ def check_mounts(spec: dict) -> list[str]:
     for mount in spec.get("mounts", []):
         options = mount.get("options", [])
         destination = mount.get("destination")
-        if mount.get("type") == "bind":
+        # runsc treats any mount with a bind/rbind option as a bind, whatever its type.
+        if mount.get("type") == "bind" or {"bind", "rbind"} & set(options):
             if destination == WORKSPACE:
                 continue
             if destination != RUNNER_MOUNT:
@@ -153,7 +154,10 @@ def spec_problems(spec: dict) -> list[str]:
     """Schema problems, then each named check's problems prefixed with its name."""
     problems = schema_problems(spec)
     for name, check in SEMANTIC_CHECKS.items():
-        problems += [f"{name}: {problem}" for problem in check(spec)]
+        try:
+            problems += [f"{name}: {problem}" for problem in check(spec)]
+        except (AttributeError, TypeError):  # a part has the wrong type: the schema said which
+            problems.append(f"{name}: cannot check a malformed spec")
     return problems
 
 

@@ -1,60 +1,102 @@
-"""Entry point: ``python -m orchestrator [serve]``.  The only place that reads ``os.environ``
-(through ``Settings.from_env``) and configures logging."""
+"""Entry point: ``python -m orchestrator [serve|doctor]``.  The only place that reads
+``os.environ`` (through ``Settings.from_env``) and configures logging."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
+import time
 
 from aiohttp import web
 
 from orchestrator.errors import ServiceError
-from orchestrator.http.app import create_app
+from orchestrator.http.app import REQUEST_ID, STATE, create_app
 from orchestrator.service import start_service
 from orchestrator.settings import Settings
 
 log = logging.getLogger("orchestrator")
 
 
+class RequestIdFilter(logging.Filter):
+    """Stamps every record with the id of the HTTP request being served (``-`` outside one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "request_id": getattr(record, "request_id", "-"), "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
 async def serve(settings: Settings) -> None:
     service = await start_service(settings)
-    app = create_app(service.executor, max_request_bytes=settings.max_request_bytes)
-
-    async def close_service(_app: web.Application) -> None:
-        await service.close()
-
-    app.on_cleanup.append(close_service)
+    app = create_app(service.executor, max_request_bytes=settings.max_request_bytes, api_token=settings.api_token,
+                     rate_limit=settings.run_rate_limit, metrics=service.metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await service.close()
+        raise ServiceError(f"listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
     log.info("listening on http://%s:%d (languages: %s)", settings.host, settings.port,
              ", ".join(sorted(service.languages)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        await runner.cleanup()
+    await stop.wait()
+    # Graceful stop: refuse new runs, let running ones finish up to the grace period, then
+    # kill and delete everything that is left.
+    app[STATE].draining = True
+    deadline = time.monotonic() + settings.shutdown_grace_s
+    log.info("shutting down: %d runs in progress, waiting up to %.0f s", service.executor.running,
+             settings.shutdown_grace_s)
+    while service.executor.running and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await service.close()
+    await runner.cleanup()
+    log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description="gVisor code-execution service")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve"])
-    parser.parse_args(argv)
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "doctor"])
+    args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(os.environ)
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "doctor":
+        from orchestrator.doctor import run_doctor
+
+        return asyncio.run(run_doctor(settings))
+    configure_logging(settings)
     try:
         asyncio.run(serve(settings))
     except ServiceError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import pathlib
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from orchestrator import outcome
 from orchestrator.artifacts import collect_artifacts
 from orchestrator.errors import CapacityError
 from orchestrator.language import Language
+from orchestrator.metrics import Metrics
 from orchestrator.pool import Profile, SandboxPool
 from orchestrator.sandbox import Job, Sandbox, SandboxHost
 from orchestrator.settings import Settings
@@ -52,7 +54,7 @@ def profile_key(language: str, preload: bool) -> str:
 
 class Executor:
     def __init__(self, settings: Settings, languages: dict[str, Language], rootfs: dict[str, pathlib.Path],
-                 host: SandboxHost):
+                 host: SandboxHost, metrics: Metrics | None = None):
         self.settings = settings
         self.languages = languages
         self.rootfs = rootfs
@@ -61,6 +63,8 @@ class Executor:
         self._boot_slots = asyncio.Semaphore(settings.pool_boot_parallelism)
         self._teardowns: set[asyncio.Task] = set()
         self.pools: dict[str, SandboxPool] = {}
+        self.metrics = metrics
+        self._active: set[Sandbox] = set()
         self.running = 0
         self.cold_starts = 0
         self.warm_starts = 0
@@ -77,8 +81,12 @@ class Executor:
                 size = self.settings.pool_size_for(key)
                 if size <= 0:
                     continue
+                on_boot = None
+                if self.metrics is not None:
+                    on_boot = functools.partial(self.metrics.observe_boot, key, "warm")
                 pool = SandboxPool(Profile(language.name, preload, size), self._factory(language, preload),
-                                   boot_slots=self._boot_slots, max_age_s=self.settings.pool_max_age_s)
+                                   boot_slots=self._boot_slots, max_age_s=self.settings.pool_max_age_s,
+                                   on_boot=on_boot)
                 self.pools[key] = pool
                 pool.start()
 
@@ -135,7 +143,11 @@ class Executor:
             else:
                 self.cold_starts += 1
                 sandbox = Sandbox(language, self.rootfs[language.name], self.host)
+                self._active.add(sandbox)
                 await sandbox.boot()
+                if self.metrics is not None and sandbox.boot_ms is not None:
+                    self.metrics.observe_boot(language.name, "cold", sandbox.boot_ms / 1000)
+            self._active.add(sandbox)
             job = Job(source=request.source.encode("utf-8"), arguments=request.arguments,
                       timeout_s=self.settings.limits.timeout_s, request_id=request.request_id)
             record = await sandbox.run(job)
@@ -151,6 +163,7 @@ class Executor:
                              cpu_ms=record.cpu_ms)
         finally:
             self.running -= 1
+            self._active.discard(sandbox)
             self._retire(sandbox)
 
     def _retire(self, sandbox: Sandbox | None) -> None:
@@ -167,7 +180,9 @@ class Executor:
         task.add_done_callback(self._teardowns.discard)
 
     async def close(self) -> None:
-        """Stop the pools, destroying their members, and wait for every pending teardown."""
+        """Kill what still runs, stop the pools (destroying their members) and wait for every
+        pending teardown."""
+        await asyncio.gather(*(sandbox.destroy() for sandbox in list(self._active)), return_exceptions=True)
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
         while self._teardowns:
             with contextlib.suppress(Exception):

@@ -46,11 +46,12 @@ class Profile:
 
 class SandboxPool:
     def __init__(self, profile: Profile, factory: Callable[[], Sandbox], *, boot_slots: asyncio.Semaphore,
-                 max_age_s: float = 1800.0):
+                 max_age_s: float = 1800.0, on_boot: Callable[[float], None] | None = None):
         self.profile = profile
         self._factory = factory
         self._boot_slots = boot_slots
         self._max_age_s = max_age_s
+        self._on_boot = on_boot
         self._ready: collections.deque[Sandbox] = collections.deque()
         self._booting = 0
         self._wake = asyncio.Event()
@@ -167,6 +168,8 @@ class SandboxPool:
         self.last_error = None
         if sandbox.boot_ms is not None:
             self.boot_ms.append(sandbox.boot_ms)
+            if self._on_boot is not None:
+                self._on_boot(sandbox.boot_ms / 1000)
         self._ready.append(sandbox)
         self._watch(sandbox)
         return True

@@ -18,6 +18,7 @@ from orchestrator.executor import Executor
 from orchestrator.host import workspace
 from orchestrator.host.cgroups import CgroupLimits, Cgroups
 from orchestrator.language import Language, load_languages
+from orchestrator.metrics import Metrics
 from orchestrator.runtime.argv import RunscConfig
 from orchestrator.runtime.runsc import RunscInfo, RunscRuntime, probe_runsc
 from orchestrator.sandbox import SandboxHost
@@ -40,6 +41,7 @@ class Service:
     languages: dict[str, Language]
     rootfs: dict[str, pathlib.Path]
     executor: Executor
+    metrics: Metrics
 
     async def close(self) -> None:
         await self.executor.close()
@@ -121,7 +123,8 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
     host = SandboxHost(runtime=runtime, cgroups=cgroups, state_dir=settings.state_dir,
                        uid=settings.sandbox_uid, gid=settings.sandbox_gid, limits=settings.limits,
                        boot_timeout_s=settings.boot_timeout_s, seccomp=seccomp)
-    executor = Executor(settings, languages, rootfs, host)
+    metrics = Metrics()
+    executor = Executor(settings, languages, rootfs, host, metrics=metrics)
     executor.start_pools()
     return Service(settings=settings, runsc=info, runtime=runtime, cgroups=cgroups, languages=languages,
-                   rootfs=rootfs, executor=executor)
+                   rootfs=rootfs, executor=executor, metrics=metrics)

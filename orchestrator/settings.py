@@ -84,6 +84,18 @@ def parse_float(name: str, value: str, *, minimum: float, maximum: float) -> flo
     return number
 
 
+def parse_rate(name: str, value: str) -> tuple[int, float] | None:
+    """``120/minute`` -> (120, 60.0); ``off`` or ``0`` -> None (no limit)."""
+    text = value.strip().lower()
+    if text in ("off", "0", "none"):
+        return None
+    count, _, unit = text.partition("/")
+    periods = {"second": 1.0, "s": 1.0, "minute": 60.0, "m": 60.0, "hour": 3600.0, "h": 3600.0}
+    if not count.strip().isdigit() or int(count) < 1 or unit.strip() not in periods:
+        raise ConfigError(f"{name}: invalid rate {value!r} (expected e.g. 120/minute, 5/second, 1000/hour or off)")
+    return int(count), periods[unit.strip()]
+
+
 def parse_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     text = value.strip().lower()
     if text not in choices:
@@ -156,6 +168,14 @@ class Settings:
     sandbox_uid: int = 10001
     sandbox_gid: int = 10001
     log_level: str = "INFO"
+    log_format: str = "text"
+    api_token: str | None = None
+    run_rate_limit: tuple[int, float] | None = (120, 60.0)
+    shutdown_grace_s: float = 30.0
+
+    def __repr__(self) -> str:  # never print the token
+        shown = dataclasses.replace(self, api_token="***" if self.api_token else None)
+        return "Settings(" + ", ".join(f"{f.name}={getattr(shown, f.name)!r}" for f in dataclasses.fields(self)) + ")"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
@@ -246,6 +266,10 @@ class Settings:
                              default.sandbox_uid),
             sandbox_gid=read("SANDBOX_GID", lambda n, v: parse_int(n, v, minimum=1, maximum=2**31 - 2),
                              default.sandbox_gid),
+            log_format=read("SANDBOX_LOG_FORMAT", lambda n, v: parse_choice(n, v, ("text", "json")), default.log_format),
+            api_token=get("SANDBOX_EXECUTOR_MANAGER_API_TOKEN"),
+            run_rate_limit=read("SANDBOX_RUN_RATE_LIMIT", parse_rate, default.run_rate_limit),
+            shutdown_grace_s=read("SANDBOX_SHUTDOWN_GRACE", parse_duration, default.shutdown_grace_s),
             log_level=read("SANDBOX_LOG_LEVEL",
                            lambda n, v: parse_choice(n, v, ("debug", "info", "warning", "error")).upper(),
                            default.log_level),

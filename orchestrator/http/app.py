@@ -2,7 +2,10 @@
 
 ``/run`` answers HTTP 200 with a result body for every execution outcome, including our own
 failures (RAGFlow's Go client retries 5xx, which would run user code again).  Client errors
-are 4xx with a JSON body.  Handlers know nothing about runsc.
+are 4xx with a JSON body.  When a token is configured ``/run`` and ``/status`` need it (401
+otherwise); ``/run`` is rate limited per client address (429 with the contract's -429 body).
+``/``, ``/healthz``, ``/metrics`` and ``/openapi.json`` stay open.  While the service shuts
+down, new runs get the -10 body.  Handlers know nothing about runsc.
 """
 
 from __future__ import annotations
@@ -10,20 +13,38 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import math
+import time
 import uuid
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from orchestrator import outcome
 from orchestrator.errors import BadRequestError, CapacityError, ServiceError
 from orchestrator.executor import Executor
+from orchestrator.http.guard import RateLimiter, token_matches
+from orchestrator.http.openapi import openapi_document
 from orchestrator.http.request import parse_run_request
+from orchestrator.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 
-EXECUTOR = web.AppKey("executor", Executor)
 RUN_PATH = "/run"
+PROTECTED = (RUN_PATH, "/status")
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+@dataclass
+class AppState:
+    executor: Executor
+    metrics: Metrics = field(default_factory=Metrics)
+    api_token: str | None = None
+    limiter: RateLimiter | None = None
+    draining: bool = False  # set on shutdown: no new runs
+
+
+STATE = web.AppKey("state", AppState)
 
 
 def _json(body, status: int = 200) -> web.Response:
@@ -59,20 +80,51 @@ async def error_middleware(request: web.Request, handler):
         return _json({"detail": "internal error"}, status=500)
 
 
+@web.middleware
+async def guard_middleware(request: web.Request, handler):
+    """Token check and rate limit, before anything reads the body."""
+    state = request.app[STATE]
+    if request.path in PROTECTED and state.api_token and not token_matches(request.headers, state.api_token):
+        state.metrics.unauthorized.inc()
+        return _json({"detail": "missing or wrong token: send Authorization: Bearer <token> or X-Sandbox-Token"},
+                     status=401)
+    if request.path == RUN_PATH and state.limiter is not None:
+        allowed, retry_s = state.limiter.allow(request.remote or "unknown")
+        if not allowed:
+            state.metrics.rate_limited.inc()
+            response = _json(outcome.rate_limited_result(), status=429)
+            response.headers["Retry-After"] = str(max(1, math.ceil(retry_s)))
+            return response
+    return await handler(request)
+
+
 async def health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
 async def status(request: web.Request) -> web.Response:
     """Pool and capacity state (``/healthz`` stays exactly upstream's ``{"status": "ok"}``)."""
-    return _json({"status": "ok", **request.app[EXECUTOR].status()})
+    state = request.app[STATE]
+    return _json({"status": "draining" if state.draining else "ok", **state.executor.status()})
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[STATE].metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def serve_openapi(request: web.Request) -> web.Response:
+    return _json(openapi_document(sorted(request.app[STATE].executor.languages)))
 
 
 async def run(request: web.Request) -> web.Response:
-    executor = request.app[EXECUTOR]
+    state = request.app[STATE]
+    started = time.perf_counter()
     body = await request.read()
-    run_request = parse_run_request(body, executor.languages, request_id=REQUEST_ID.get())
-    execution = await executor.execute(run_request)
+    run_request = parse_run_request(body, state.executor.languages, request_id=REQUEST_ID.get())
+    if state.draining:
+        raise CapacityError("run: the service is shutting down")
+    execution = await state.executor.execute(run_request)
+    state.metrics.observe_run(run_request.language, execution.result, time.perf_counter() - started)
     response = _json(execution.result)
     response.headers["X-Request-Id"] = REQUEST_ID.get()
     if execution.sandbox_id is not None:
@@ -85,11 +137,17 @@ async def run(request: web.Request) -> web.Response:
     return response
 
 
-def create_app(executor: Executor, *, max_request_bytes: int) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=max_request_bytes)
-    app[EXECUTOR] = executor
+def create_app(executor: Executor, *, max_request_bytes: int, api_token: str | None = None,
+               rate_limit: tuple[int, float] | None = None, metrics: Metrics | None = None) -> web.Application:
+    state = AppState(executor=executor, metrics=metrics or Metrics(), api_token=api_token,
+                     limiter=RateLimiter(*rate_limit) if rate_limit else None)
+    state.metrics.watch_pools(executor.status)
+    app = web.Application(middlewares=[error_middleware, guard_middleware], client_max_size=max_request_bytes)
+    app[STATE] = state
     app.router.add_get("/", health)
     app.router.add_get("/healthz", health)
     app.router.add_get("/status", status)
+    app.router.add_get("/metrics", serve_metrics)
+    app.router.add_get("/openapi.json", serve_openapi)
     app.router.add_post(RUN_PATH, run)
     return app

@@ -1,0 +1,145 @@
+"""``make doctor`` / ``python -m orchestrator doctor``: is this host fit to run sandboxes?
+
+Each check runs one of the steps the service itself takes at start-up (so a host that passes
+here does not fail there), plus a smoke run and a port probe, and prints ``ok`` or ``FAIL``
+with the fix.  Exit status 1 when anything failed.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from orchestrator.errors import ServiceError
+from orchestrator.host.cgroups import V1_CONTROLLERS, V2_CONTROLLERS, Cgroups, detect_version
+from orchestrator.language import load_languages
+from orchestrator.runtime.runsc import probe_runsc, run_command
+from orchestrator.service import CGROUP_ROOT, resolve_rootfs
+from orchestrator.settings import Settings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+async def check_runsc(settings: Settings) -> Check:
+    try:
+        info = await probe_runsc(settings.runsc.binary)
+    except ServiceError as exc:
+        return Check("runsc", False, str(exc), "apt-get install runsc (or a gVisor release), or set SANDBOX_RUNSC")
+    missing = {"oci-seccomp"} - info.flags if settings.runsc.enable_seccomp else set()
+    if missing:
+        return Check("runsc", False, f"runsc {info.version} lacks --{', --'.join(sorted(missing))}",
+                     "install a newer gVisor release or set SANDBOX_ENABLE_SECCOMP=false")
+    return Check("runsc", True, f"{info.binary} version {info.version}, platform {settings.runsc.platform}, "
+                                f"{len(info.flags)} flags")
+
+
+async def check_smoke(settings: Settings) -> Check:
+    with tempfile.TemporaryDirectory(prefix="gvisor-sandbox-doctor-") as root:
+        argv = [str(settings.runsc.binary), f"--root={root}", f"--platform={settings.runsc.platform}",
+                "--network=none", "do", "/bin/true"]
+        try:
+            code, _, err = await run_command(argv, timeout=60)
+        except ServiceError as exc:
+            return Check("smoke", False, str(exc), "see `runsc --debug --debug-log=/tmp/runsc/ do /bin/true`")
+    if code != 0:
+        hint = "the kvm platform hangs in nested VMs: set SANDBOX_RUNSC_PLATFORM=ptrace" \
+            if settings.runsc.platform == "kvm" else "run as root; check `dmesg` and runsc's debug log"
+        return Check("smoke", False, f"`runsc do /bin/true` exited {code}: {err.strip()[-300:]}", hint)
+    return Check("smoke", True, "runsc do /bin/true ran a sandbox")
+
+
+async def check_cgroups(settings: Settings, root: pathlib.Path = CGROUP_ROOT) -> Check:
+    try:
+        version = detect_version(root)
+        if version == 1:
+            missing = [c for c in V1_CONTROLLERS if not (root / c).is_dir()]
+        else:
+            available = (root / "cgroup.controllers").read_text().split()
+            missing = [c for c in V2_CONTROLLERS if c not in available]
+        if missing:
+            return Check("cgroups", False, f"v{version}: controllers {missing} missing",
+                         "enable them (kernel cmdline / systemd Delegate=) and reboot")
+        Cgroups(root, settings.cgroup_parent).prepare()
+    except (ServiceError, OSError) as exc:
+        return Check("cgroups", False, str(exc), "run as root with a writable cgroup hierarchy")
+    return Check("cgroups", True, f"v{version}, parent /{settings.cgroup_parent} writable")
+
+
+async def check_rootfs(settings: Settings) -> Check:
+    try:
+        languages = load_languages(settings.languages_dirs)
+        rootfs = resolve_rootfs(settings, languages)
+    except ServiceError as exc:
+        return Check("rootfs", False, str(exc), "make build (or set SANDBOX_BASE_<LANG>_IMAGE)")
+    return Check("rootfs", True, ", ".join(f"{name}: {path}" for name, path in sorted(rootfs.items())))
+
+
+async def check_netns(settings: Settings) -> Check:
+    from pyroute2 import netns
+
+    name = "gvs-doctor-probe"
+    try:
+        netns.create(name)
+        netns.remove(name)
+    except Exception as exc:  # noqa: BLE001 - pyroute2 raises many types; this is a probe
+        return Check("netns", False, f"create a network namespace: {exc}", "run as root on a kernel with netns")
+    return Check("netns", True, "a network namespace can be created and removed")
+
+
+async def check_state_dir(settings: Settings) -> Check:
+    try:
+        settings.state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=settings.state_dir):
+            pass
+    except OSError as exc:
+        return Check("state dir", False, f"{settings.state_dir}: {exc.strerror}", "set SANDBOX_STATE_DIR to a writable path")
+    return Check("state dir", True, str(settings.state_dir))
+
+
+async def check_port(settings: Settings) -> Check:
+    with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.host, settings.port))
+        except OSError as exc:
+            return Check("port", False, f"{settings.host}:{settings.port}: {exc.strerror}",
+                         "stop what listens there (`ss -ltnp`) or set SANDBOX_EXECUTOR_MANAGER_PORT")
+    return Check("port", True, f"{settings.host}:{settings.port} is free")
+
+
+CHECKS: list[Callable[[Settings], Awaitable[Check]]] = [
+    check_runsc, check_smoke, check_cgroups, check_netns, check_rootfs, check_state_dir, check_port]
+
+
+async def run_checks(settings: Settings, checks=None) -> list[Check]:
+    results = []
+    for check in checks or CHECKS:
+        results.append(await check(settings))
+    return results
+
+
+def render(results: list[Check]) -> str:
+    lines = []
+    for result in results:
+        lines.append(f"{'ok  ' if result.ok else 'FAIL'}  {result.name:<10} {result.detail}")
+        if not result.ok and result.fix:
+            lines.append(f"      {'':<10} fix: {result.fix}")
+    failed = sum(not r.ok for r in results)
+    lines.append(f"{len(results) - failed} ok, {failed} failed" if failed else f"all {len(results)} checks ok")
+    return "\n".join(lines)
+
+
+async def run_doctor(settings: Settings) -> int:
+    results = await run_checks(settings)
+    print(render(results))
+    return 0 if all(r.ok for r in results) else 1
+
