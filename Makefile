@@ -15,17 +15,22 @@ APT_PACKAGES := runsc mmdebstrap
 # Loads the env file (upstream's SANDBOX_* names) into the shell of a recipe line.
 LOAD_ENV    := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a; export SANDBOX_ROOTFS_DIR="$${SANDBOX_ROOTFS_DIR:-$(ROOTFS_DIR)}";
 
-.PHONY: all setup ensure_env build start stop restart status test test-unit logs clean
+UNIT_DIR    ?= /etc/systemd/system
+CONF_DIR    ?= /etc/gvisor-sandbox
+
+.PHONY: all setup ensure_env build start stop restart status test test-unit bench doctor logs clean install uninstall
 
 all: setup build start test  ## set up, build the rootfs, start the service, run the tests
 
-setup:  ## install runsc, mmdebstrap and the Python environment
+setup:  ## install runsc, mmdebstrap (npm, systemd-analyze if missing) and the Python environment
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then echo "setup: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "setup: $(APT_PACKAGES) already installed"; fi
 	@if [ ! -x $(PY) ]; then echo "setup: creating $(VENV)"; $(PYTHON) -m venv $(VENV); fi
-	@$(PY) -m pip install -q -e '.[test]' && echo "setup: Python dependencies installed in $(VENV)"
+	@$(PY) -m pip install -q -e '.[test,bench]' && echo "setup: Python dependencies installed in $(VENV)"
 
 ensure_env:  ## create .env from the example if it is missing
 	@if [ -f $(ENV_FILE) ]; then echo "ensure_env: $(ENV_FILE) exists"; \
@@ -65,8 +70,29 @@ test: setup  ## run every test (unit, host, real runsc, end to end)
 test-unit: setup  ## only the unit tests (no root, no runsc)
 	$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
 
-logs:  ## follow the service log
-	@tail -n 100 -F $(LOGFILE)
+bench: setup  ## ops benchmark: runsc floors vs our /run, table + bench-results/bench.json and .png
+	@$(LOAD_ENV) $(PY) -m orchestrator.bench $(BENCH_ARGS)
 
-clean: stop  ## remove the virtualenv and caches (the rootfs stays; remove $(ROOTFS_DIR) to rebuild)
-	@rm -rf $(VENV) .pytest_cache *.egg-info && find . -name __pycache__ -type d -prune -exec rm -rf {} + && echo "clean: removed $(VENV) and caches"
+doctor: setup  ## check this host can run sandboxes; prints the fix for every failure
+	@$(LOAD_ENV) $(PY) -m orchestrator doctor
+
+logs:  ## follow the service log (the journal when installed as a unit)
+	@if [ -f $(UNIT_DIR)/gvisor-sandbox.service ] && pidof systemd >/dev/null; then journalctl -u gvisor-sandbox -f; \
+	else tail -n 100 -F $(LOGFILE); fi
+
+clean: stop  ## stop, then remove every sandbox, cgroup, namespace and directory of ours, and caches
+	@if [ -x $(PY) ]; then $(LOAD_ENV) $(PY) -m orchestrator reap; fi
+	@rm -rf .pytest_cache bench-results && find . -name __pycache__ -type d -prune -exec rm -rf {} + && echo "clean: removed caches (the venv and the rootfs stay; rm -rf $(VENV) $(ROOTFS_DIR) to rebuild them)"
+
+install: setup build  ## install the systemd unit (pointing at this checkout) and the env file
+	@mkdir -p $(CONF_DIR)
+	@if [ -f $(CONF_DIR)/gvisor-sandbox.env ]; then echo "install: keeping $(CONF_DIR)/gvisor-sandbox.env"; \
+	else install -m 0640 systemd/gvisor-sandbox.env.example $(CONF_DIR)/gvisor-sandbox.env && echo "install: wrote $(CONF_DIR)/gvisor-sandbox.env"; fi
+	@sed 's|@INSTALL_DIR@|$(CURDIR)|g' systemd/gvisor-sandbox.service.in > $(UNIT_DIR)/gvisor-sandbox.service && echo "install: wrote $(UNIT_DIR)/gvisor-sandbox.service"
+	@if pidof systemd >/dev/null; then systemctl daemon-reload && systemctl enable gvisor-sandbox && echo "install: enabled; start it with systemctl start gvisor-sandbox"; \
+	else echo "install: systemd is not running here; the unit is in place for the next boot"; fi
+
+uninstall:  ## remove the systemd unit (the env file in $(CONF_DIR) stays)
+	@if pidof systemd >/dev/null && [ -f $(UNIT_DIR)/gvisor-sandbox.service ]; then systemctl disable --now gvisor-sandbox || true; fi
+	@rm -f $(UNIT_DIR)/gvisor-sandbox.service && echo "uninstall: removed $(UNIT_DIR)/gvisor-sandbox.service"
+	@if pidof systemd >/dev/null; then systemctl daemon-reload; fi

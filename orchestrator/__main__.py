@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -50,6 +51,20 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def notify_systemd(settings: Settings, message: str) -> None:
+    """sd_notify without a library: one datagram to $NOTIFY_SOCKET (abstract if it starts with @)."""
+    if not settings.notify_socket:
+        return
+    address = settings.notify_socket
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError as exc:
+        log.warning("notify systemd (%s): %s", message, exc)
+
+
 async def serve(settings: Settings) -> None:
     service = await start_service(settings)
     app = create_app(service.executor, max_request_bytes=settings.max_request_bytes, api_token=settings.api_token,
@@ -65,6 +80,7 @@ async def serve(settings: Settings) -> None:
         raise ServiceError(f"listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
     log.info("listening on http://%s:%d (languages: %s)", settings.host, settings.port,
              ", ".join(sorted(service.languages)))
+    notify_systemd(settings, "READY=1")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -73,6 +89,7 @@ async def serve(settings: Settings) -> None:
     # Graceful stop: refuse new runs, let running ones finish up to the grace period, then
     # kill and delete everything that is left.
     app[STATE].draining = True
+    notify_systemd(settings, "STOPPING=1")
     deadline = time.monotonic() + settings.shutdown_grace_s
     log.info("shutting down: %d runs in progress, waiting up to %.0f s", service.executor.running,
              settings.shutdown_grace_s)
@@ -85,7 +102,9 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator", description="gVisor code-execution service")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "doctor"])
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "doctor", "reap"],
+                        help="serve (default); doctor: check the host; reap: remove every sandbox, cgroup, "
+                             "namespace and directory this service left")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(os.environ)
@@ -96,6 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.doctor import run_doctor
 
         return asyncio.run(run_doctor(settings))
+    if args.command == "reap":
+        from orchestrator.service import reap_all
+
+        try:
+            removed = asyncio.run(reap_all(settings))
+        except ServiceError as exc:
+            print(f"reap: {exc}", file=sys.stderr)
+            return 1
+        print("reap: removed " + (", ".join(removed) if removed else "nothing (nothing of ours was left)"))
+        return 0
     configure_logging(settings)
     try:
         asyncio.run(serve(settings))

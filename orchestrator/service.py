@@ -86,6 +86,26 @@ async def reap(runtime: RunscRuntime, cgroups: Cgroups | None, state_dir: pathli
     return reaped
 
 
+def runsc_config(settings: Settings, known_flags: frozenset[str] | None = None) -> RunscConfig:
+    return RunscConfig(
+        binary=settings.runsc.binary,
+        root=settings.state_dir / "runsc",
+        platform=settings.runsc.platform,
+        network=settings.runsc.network,
+        oci_seccomp=settings.runsc.enable_seccomp,
+        debug_log_dir=settings.runsc.debug_log_dir,
+        known_flags=known_flags,
+    )
+
+
+async def reap_all(settings: Settings, cgroup_root: pathlib.Path = CGROUP_ROOT) -> list[str]:
+    """``make clean``: everything of ours, including the (then empty) parent cgroup."""
+    cgroups = Cgroups(cgroup_root, settings.cgroup_parent)
+    removed = await reap(RunscRuntime(runsc_config(settings)), cgroups, settings.state_dir)
+    cgroups.remove_parent()
+    return removed
+
+
 async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathlib.Path | None = CGROUP_ROOT) -> Service:
     """Check the host, reap leftovers and build the executor.  ``runtime`` may be injected (tests)."""
     languages = load_languages(settings.languages_dirs)
@@ -93,15 +113,7 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
     info = None
     if runtime is None:
         info = await probe_runsc(settings.runsc.binary)
-        config = RunscConfig(
-            binary=settings.runsc.binary,
-            root=settings.state_dir / "runsc",
-            platform=settings.runsc.platform,
-            network=settings.runsc.network,
-            oci_seccomp=settings.runsc.enable_seccomp,
-            debug_log_dir=settings.runsc.debug_log_dir,
-            known_flags=info.flags,
-        )
+        config = runsc_config(settings, info.flags)
         if settings.runsc.enable_seccomp and not config.knows("oci-seccomp"):
             raise RunscError(f"SANDBOX_ENABLE_SECCOMP: runsc {info.version} has no --oci-seccomp flag")
         runtime = RunscRuntime(config)

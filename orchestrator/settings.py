@@ -172,6 +172,7 @@ class Settings:
     api_token: str | None = None
     run_rate_limit: tuple[int, float] | None = (120, 60.0)
     shutdown_grace_s: float = 30.0
+    notify_socket: str | None = None  # systemd's NOTIFY_SOCKET (Type=notify)
 
     def __repr__(self) -> str:  # never print the token
         shown = dataclasses.replace(self, api_token="***" if self.api_token else None)
@@ -270,6 +271,7 @@ class Settings:
             api_token=get("SANDBOX_EXECUTOR_MANAGER_API_TOKEN"),
             run_rate_limit=read("SANDBOX_RUN_RATE_LIMIT", parse_rate, default.run_rate_limit),
             shutdown_grace_s=read("SANDBOX_SHUTDOWN_GRACE", parse_duration, default.shutdown_grace_s),
+            notify_socket=get("NOTIFY_SOCKET"),
             log_level=read("SANDBOX_LOG_LEVEL",
                            lambda n, v: parse_choice(n, v, ("debug", "info", "warning", "error")).upper(),
                            default.log_level),
