@@ -176,13 +176,20 @@ class Cgroups:
 
     def create(self, sandbox_id: str, limits: CgroupLimits) -> None:
         """Create the sandbox's cgroup and write its limits."""
+        created: list[pathlib.Path] = []
         try:
             for directory in self._dirs(sandbox_id):
                 directory.mkdir()
+                created.append(directory)
             for path, value in self._limit_files(sandbox_id, limits):
                 path.write_text(value)
         except OSError as exc:
-            self.remove(sandbox_id)
+            # Undo only what this call made; a failing undo is logged, never hides the error.
+            for directory in reversed(created):
+                try:
+                    os.rmdir(directory)
+                except OSError as undo:
+                    log.warning("sandbox=%s remove cgroup %s after a failed create: %s", sandbox_id, directory, undo)
             raise HostError(f"create cgroup for sandbox {sandbox_id}: {exc}") from exc
 
     def set_cpu_weight(self, sandbox_id: str, weight: int) -> None:

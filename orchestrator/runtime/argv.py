@@ -10,7 +10,7 @@ import pathlib
 import re
 from dataclasses import dataclass
 
-SANDBOX_ID = re.compile(r"^[\w+.-]{1,128}$")
+SANDBOX_ID = re.compile(r"[\w+.-]{1,128}", re.ASCII)  # as runsc's own check; used with fullmatch
 # Flags present in every runsc this service supports (Debian's 0.0~20221219 and later).
 BASELINE_FLAGS = frozenset({"root", "platform", "network", "log", "log-format", "debug", "debug-log",
                             "oci-seccomp", "overlay2", "host-uds"})
@@ -31,7 +31,7 @@ class RunscConfig:
 
 
 def check_sandbox_id(sandbox_id: str) -> str:
-    if not SANDBOX_ID.match(sandbox_id):
+    if not SANDBOX_ID.fullmatch(sandbox_id):  # match() with $ would let a trailing newline through
         raise ValueError(f"invalid sandbox id {sandbox_id!r}: must match {SANDBOX_ID.pattern}")
     return sandbox_id
 

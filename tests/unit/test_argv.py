@@ -1,0 +1,155 @@
+"""runsc argv building (pure): global flags before the subcommand, flags only when known or
+enabled, sandbox ids checked, and the parsers of `runsc flags` / `runsc --version`."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from orchestrator.runtime.argv import (
+    BASELINE_FLAGS,
+    RunscConfig,
+    check_sandbox_id,
+    delete_argv,
+    flags_argv,
+    kill_argv,
+    list_argv,
+    parse_flag_names,
+    parse_version,
+    run_argv,
+    version_argv,
+)
+
+BIN = pathlib.Path("/usr/bin/runsc")
+ROOT = pathlib.Path("/run/gvisor-sandbox/runsc")
+GLOBAL = ["--root=/run/gvisor-sandbox/runsc", "--platform=ptrace", "--network=none", "--overlay2=none"]
+
+
+def config(**changes) -> RunscConfig:
+    return RunscConfig(binary=BIN, root=ROOT, **changes)
+
+
+def test_run_argv():
+    argv = run_argv(config(), "sb-1", pathlib.Path("/state/sb-1/bundle"), pathlib.Path("/state/sb-1/runsc.log"))
+    assert argv == ["/usr/bin/runsc", *GLOBAL, "--log=/state/sb-1/runsc.log", "run",
+                    "--bundle=/state/sb-1/bundle", "sb-1"]
+
+
+def test_kill_delete_list_argv():
+    assert kill_argv(config(), "sb-1") == ["/usr/bin/runsc", *GLOBAL, "kill", "--all", "sb-1", "KILL"]
+    assert kill_argv(config(), "sb-1", "TERM")[-1] == "TERM"
+    assert delete_argv(config(), "sb-1") == ["/usr/bin/runsc", *GLOBAL, "delete", "--force", "sb-1"]
+    assert list_argv(config()) == ["/usr/bin/runsc", *GLOBAL, "list", "--quiet"]
+    assert version_argv(BIN) == ["/usr/bin/runsc", "--version"]
+    assert flags_argv(BIN) == ["/usr/bin/runsc", "flags"]
+
+
+@pytest.mark.parametrize("build", [
+    lambda c: run_argv(c, "sb-1", pathlib.Path("/b"), pathlib.Path("/l")),
+    lambda c: kill_argv(c, "sb-1"),
+    lambda c: delete_argv(c, "sb-1"),
+    lambda c: list_argv(c),
+], ids=["run", "kill", "delete", "list"])
+def test_global_flags_come_before_the_subcommand(build):
+    argv = build(config(oci_seccomp=True, debug_log_dir=pathlib.Path("/var/log/runsc")))
+    subcommand = next(i for i, arg in enumerate(argv) if arg in ("run", "kill", "delete", "list"))
+    assert argv[0] == "/usr/bin/runsc"
+    assert all(arg.startswith("--") for arg in argv[1:subcommand])
+    for flag in ("--root=", "--platform=", "--network=", "--oci-seccomp", "--debug-log="):
+        assert any(arg.startswith(flag) for arg in argv[1:subcommand]), flag
+    assert not any(arg.startswith(("--root", "--platform", "--oci-seccomp", "--log")) for arg in argv[subcommand:])
+
+
+def test_log_only_on_run():
+    assert not any(arg.startswith("--log=") for arg in kill_argv(config(), "sb-1"))
+    assert not any(arg.startswith("--log=") for arg in delete_argv(config(), "sb-1"))
+    assert not any(arg.startswith("--log=") for arg in list_argv(config()))
+
+
+@pytest.mark.parametrize(("known", "expected"), [
+    (None, True),  # not probed: the baseline has overlay2
+    (frozenset({"root", "platform", "network", "overlay2"}), True),
+    (frozenset({"root", "platform", "network"}), False),
+    (frozenset(), False),
+])
+def test_overlay2_only_when_known(known, expected):
+    assert ("--overlay2=none" in list_argv(config(known_flags=known))) is expected
+
+
+@pytest.mark.parametrize(("enabled", "expected"), [(False, False), (True, True)])
+def test_oci_seccomp_only_when_enabled(enabled, expected):
+    argv = run_argv(config(oci_seccomp=enabled), "sb-1", pathlib.Path("/b"), pathlib.Path("/l"))
+    assert ("--oci-seccomp" in argv) is expected
+
+
+def test_platform_network_and_debug_log():
+    argv = list_argv(config(platform="systrap", network="sandbox", debug_log_dir=pathlib.Path("/var/log/runsc")))
+    assert argv[1:4] == ["--root=/run/gvisor-sandbox/runsc", "--platform=systrap", "--network=sandbox"]
+    assert argv[-4:] == ["--debug", "--debug-log=/var/log/runsc/", "list", "--quiet"]
+    assert "--debug" not in list_argv(config())
+
+
+def test_knows_uses_the_baseline_until_probed():
+    assert config().knows("oci-seccomp")
+    assert not config().knows("nvproxy")
+    assert config(known_flags=frozenset({"nvproxy"})).knows("nvproxy")
+    assert not config(known_flags=frozenset({"nvproxy"})).knows("oci-seccomp")
+    assert {"root", "platform", "network", "overlay2", "oci-seccomp"} <= BASELINE_FLAGS
+
+
+@pytest.mark.parametrize("sandbox_id", ["", "a b", "../x", "a/b", "x;rm", "\n", "é", "sb-é", "a" * 129, "id\n"])
+def test_invalid_sandbox_ids_are_rejected(sandbox_id):
+    with pytest.raises(ValueError, match="invalid sandbox id"):
+        check_sandbox_id(sandbox_id)
+    for build in (lambda: run_argv(config(), sandbox_id, pathlib.Path("/b"), pathlib.Path("/l")),
+                  lambda: kill_argv(config(), sandbox_id), lambda: delete_argv(config(), sandbox_id)):
+        with pytest.raises(ValueError, match="invalid sandbox id"):
+            build()
+
+
+@pytest.mark.parametrize("sandbox_id", ["sb-1", "python_preload.3", "a" * 128, "A+b"])
+def test_valid_sandbox_ids_pass(sandbox_id):
+    assert check_sandbox_id(sandbox_id) == sandbox_id
+
+
+RUNSC_FLAGS = """\
+Usage: runsc <flags> <subcommand> <subcommand args>
+
+  -TESTONLY-unsafe-nonroot
+    	TEST ONLY; do not ever use! This skips many security measures that isolate the host from the sandbox.
+  -debug
+    	enable debug logging.
+  -debug-log string
+    	additional location for logs. If it ends with '/', log files are created inside the directory with default names.
+  -network value
+    	specifies which network to use: sandbox (default), host, none. Using network inside the sandbox is more secure because it's isolated from the host network. (default sandbox)
+  -oci-seccomp
+    	Enables loading OCI seccomp filters inside the sandbox.
+  -overlay2 value
+    	Specifies the overlay configuration (default root:memory)
+  --platform string
+    	specified which platform to use: ptrace (default), kvm. (default "ptrace")
+Subcommands for internal use:
+	boot             launch a sandbox process
+"""
+
+
+def test_parse_flag_names():
+    assert parse_flag_names(RUNSC_FLAGS) == frozenset(
+        {"TESTONLY-unsafe-nonroot", "debug", "debug-log", "network", "oci-seccomp", "overlay2", "platform"})
+
+
+def test_parse_flag_names_of_nothing():
+    assert parse_flag_names("") == frozenset()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("runsc version 0.0~20221219.0\nspec: 1.0.2-dev\n", "0.0~20221219.0"),
+    ("runsc version release-20240513.0\nspec: 1.1.0-rc.1\n", "release-20240513.0"),
+    ("\n  runsc version 1.2\n", "1.2"),
+    ("", "unknown"),
+    ("   \n", "unknown"),
+])
+def test_parse_version(text, expected):
+    assert parse_version(text) == expected

@@ -1,0 +1,295 @@
+"""The cgroup writer against fake v1 and v2 hierarchies in a temp dir (no root needed: these are
+plain directories and files standing in for the kernel's)."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import pytest
+
+from orchestrator.errors import HostError
+from orchestrator.host.cgroups import CgroupLimits, Cgroups, Usage, detect_version
+
+PARENT = "gvisor-sandbox"
+LIMITS = CgroupLimits(memory_bytes=256 * 1024**2, pids=128, cpus=0.5, cpu_weight=50)
+
+
+@pytest.fixture
+def v1_root(tmp_path) -> pathlib.Path:
+    root = tmp_path / "cgroup-v1"
+    for controller in ("memory", "pids", "cpu", "cpuacct"):
+        (root / controller).mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def v2_root(tmp_path) -> pathlib.Path:
+    root = tmp_path / "cgroup-v2"
+    root.mkdir()
+    _v2_node(root)
+    return root
+
+
+def _v2_node(node: pathlib.Path, controllers: str = "cpuset cpu io memory hugetlb pids rdma misc") -> None:
+    node.mkdir(parents=True, exist_ok=True)
+    (node / "cgroup.controllers").write_text(controllers + "\n")
+    (node / "cgroup.subtree_control").write_text("")
+
+
+def files(directory: pathlib.Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+# -- detection and paths ----------------------------------------------------------------------
+
+def test_detect_version(v1_root, v2_root, tmp_path):
+    assert detect_version(v1_root) == 1
+    assert detect_version(v2_root) == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HostError, match="neither a cgroup v2 mount nor a v1 hierarchy"):
+        detect_version(tmp_path / "empty")
+    with pytest.raises(HostError):
+        Cgroups(tmp_path / "empty", PARENT)
+
+
+@pytest.mark.parametrize(("parent", "expected"), [
+    ("gvisor-sandbox", "/gvisor-sandbox/sb-1"),
+    ("/system.slice/gvisor/", "/system.slice/gvisor/sb-1"),
+])
+def test_cgroups_path(v2_root, parent, expected):
+    assert Cgroups(v2_root, parent).cgroups_path("sb-1") == expected
+
+
+# -- v1 ---------------------------------------------------------------------------------------
+
+def test_v1_prepare_creates_the_parent_in_every_controller(v1_root):
+    cgroups = Cgroups(v1_root, PARENT)
+    assert cgroups.version == 1
+    cgroups.prepare()
+    for controller in ("memory", "pids", "cpu", "cpuacct"):
+        assert (v1_root / controller / PARENT).is_dir()
+        assert files(v1_root / controller / PARENT) == {}
+    cgroups.prepare()  # idempotent
+
+
+def test_v1_prepare_writes_totals_and_memsw_only_when_present(v1_root):
+    cgroups = Cgroups(v1_root, PARENT)
+    (v1_root / "memory" / PARENT).mkdir()
+    (v1_root / "memory" / PARENT / "memory.memsw.limit_in_bytes").write_text("9223372036854771712")
+    cgroups.prepare(CgroupLimits(memory_bytes=1024**3, cpus=2.0))
+    assert files(v1_root / "memory" / PARENT) == {
+        "memory.limit_in_bytes": "1073741824", "memory.memsw.limit_in_bytes": "1073741824"}
+    assert files(v1_root / "cpu" / PARENT) == {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "200000"}
+    assert files(v1_root / "pids" / PARENT) == {}
+
+
+def test_v1_create_writes_the_limits(v1_root):
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare()
+    cgroups.create("sb-1", LIMITS)
+    # The leaf is new, so it has no memsw file (the kernel would have made one): none is written.
+    assert files(v1_root / "memory" / PARENT / "sb-1") == {"memory.limit_in_bytes": "268435456"}
+    assert files(v1_root / "pids" / PARENT / "sb-1") == {"pids.max": "128"}
+    assert files(v1_root / "cpu" / PARENT / "sb-1") == {
+        "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000", "cpu.shares": "512"}
+    assert (v1_root / "cpuacct" / PARENT / "sb-1").is_dir()
+
+
+@pytest.mark.parametrize(("weight", "shares"), [(100, "1024"), (10, "102"), (1, "10"), (0, "2"), (10000, "102400")])
+def test_v1_set_cpu_weight(v1_root, weight, shares):
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare()
+    cgroups.create("sb-1", CgroupLimits())
+    cgroups.set_cpu_weight("sb-1", weight)
+    assert (v1_root / "cpu" / PARENT / "sb-1" / "cpu.shares").read_text() == shares
+
+
+def test_v1_create_without_the_parent_fails_cleanly(v1_root):
+    cgroups = Cgroups(v1_root, PARENT)
+    with pytest.raises(HostError, match="create cgroup for sandbox sb-1: "):
+        cgroups.create("sb-1", LIMITS)
+    assert cgroups.list_sandboxes() == []
+
+
+def test_v1_failed_create_undoes_only_what_it_made(v1_root, caplog):
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare()
+    foreign = v1_root / "pids" / PARENT / "sb-1"
+    foreign.mkdir()  # already there (not made by this call): must survive the undo
+    with pytest.raises(HostError, match=r"create cgroup for sandbox sb-1: \[Errno 17\] File exists"):
+        cgroups.create("sb-1", LIMITS)
+    assert not (v1_root / "memory" / PARENT / "sb-1").exists()
+    assert foreign.is_dir()
+
+
+def test_v1_usage(v1_root):
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare()
+    cgroups.create("sb-1", CgroupLimits())
+    memory = v1_root / "memory" / PARENT / "sb-1"
+    (memory / "memory.max_usage_in_bytes").write_text("52428800\n")
+    (memory / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    (v1_root / "cpuacct" / PARENT / "sb-1" / "cpuacct.usage").write_text("123456789\n")
+    assert cgroups.usage("sb-1") == Usage(memory_peak_bytes=52428800, oom_kills=2, cpu_ns=123456789)
+
+
+def test_v1_usage_without_counters_is_unknown(v1_root):
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare()
+    cgroups.create("sb-1", CgroupLimits())
+    (v1_root / "memory" / PARENT / "sb-1" / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\n")
+    assert cgroups.usage("sb-1") == Usage(None, None, None)
+    assert cgroups.usage("never-created") == Usage(None, None, None)
+
+
+def test_v1_remove_deletes_every_leaf_and_tolerates_missing_ones(v1_root):
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare()
+    cgroups.create("sb-1", CgroupLimits())
+    cgroups.create("sb-2", CgroupLimits())
+    (v1_root / "cpuacct" / PARENT / "sb-1").rmdir()  # already gone in one controller
+    cgroups.remove("sb-1")
+    for controller in ("memory", "pids", "cpu", "cpuacct"):
+        assert not (v1_root / controller / PARENT / "sb-1").exists()
+        assert (v1_root / controller / PARENT / "sb-2").is_dir()
+    cgroups.remove("sb-1")  # a second remove is a no-op
+    cgroups.remove("never-created")
+
+
+def test_remove_that_fails_names_the_directory(v1_root):
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare()
+    cgroups.create("sb-1", LIMITS)  # the fake leaves hold regular files, so rmdir fails (ENOTEMPTY)
+    with pytest.raises(HostError, match=f"remove cgroup {v1_root / 'memory' / PARENT / 'sb-1'}: "):
+        cgroups.remove("sb-1", wait_s=0)
+
+
+def test_v1_list_sandboxes(v1_root):
+    cgroups = Cgroups(v1_root, PARENT)
+    assert cgroups.list_sandboxes() == []  # no parent yet
+    cgroups.prepare()
+    assert cgroups.list_sandboxes() == []
+    cgroups.create("sb-b", CgroupLimits())
+    cgroups.create("sb-a", CgroupLimits())
+    (v1_root / "pids" / PARENT / "only-in-pids").mkdir()
+    (v1_root / "memory" / PARENT / "memory.limit_in_bytes").write_text("1")  # files are not sandboxes
+    assert cgroups.list_sandboxes() == ["only-in-pids", "sb-a", "sb-b"]
+
+
+def test_v1_remove_parent(v1_root):
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare()
+    (v1_root / "cpuacct" / PARENT).rmdir()
+    cgroups.remove_parent()
+    assert all(not (v1_root / c / PARENT).exists() for c in ("memory", "pids", "cpu", "cpuacct"))
+    cgroups.remove_parent()
+
+
+# -- v2 ---------------------------------------------------------------------------------------
+
+def test_v2_prepare_enables_controllers_down_a_premade_tree(v2_root):
+    _v2_node(v2_root / "system.slice")
+    _v2_node(v2_root / "system.slice" / PARENT)
+    cgroups = Cgroups(v2_root, f"system.slice/{PARENT}")
+    assert cgroups.version == 2
+    cgroups.prepare(CgroupLimits(memory_bytes=2 * 1024**3, cpus=1.5))
+    for node in (v2_root, v2_root / "system.slice", v2_root / "system.slice" / PARENT):
+        assert (node / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+    parent = files(v2_root / "system.slice" / PARENT)
+    assert parent["memory.max"] == "2147483648"
+    assert parent["cpu.max"] == "150000 100000"
+    assert "memory.swap.max" not in parent
+
+
+def test_v2_prepare_writes_swap_max_when_present(v2_root):
+    _v2_node(v2_root / PARENT)
+    (v2_root / PARENT / "memory.swap.max").write_text("max")
+    Cgroups(v2_root, PARENT).prepare(CgroupLimits(memory_bytes=1024**3))
+    assert (v2_root / PARENT / "memory.swap.max").read_text() == "0"
+
+
+def test_v2_prepare_refuses_missing_controllers(v2_root):
+    _v2_node(v2_root / PARENT, controllers="cpu memory")
+    with pytest.raises(HostError, match=r"controllers \['pids'\] are not available in .*gvisor-sandbox"):
+        Cgroups(v2_root, PARENT).prepare()
+
+
+def test_v2_prepare_of_a_fresh_dir_without_interface_files_fails_cleanly(v2_root):
+    with pytest.raises(HostError, match="prepare cgroup parent gvisor-sandbox: "):
+        Cgroups(v2_root, PARENT).prepare()
+    assert (v2_root / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+
+
+def test_v2_create_writes_the_limits(v2_root):
+    _v2_node(v2_root / PARENT)
+    cgroups = Cgroups(v2_root, PARENT)
+    cgroups.prepare()
+    cgroups.create("sb-1", LIMITS)
+    assert files(v2_root / PARENT / "sb-1") == {
+        "cpu.max": "50000 100000", "cpu.weight": "50", "memory.max": "268435456", "pids.max": "128"}
+    cgroups.set_cpu_weight("sb-1", 10)
+    assert (v2_root / PARENT / "sb-1" / "cpu.weight").read_text() == "10"
+
+
+def test_v2_create_twice_fails_and_keeps_the_first(v2_root):
+    _v2_node(v2_root / PARENT)
+    cgroups = Cgroups(v2_root, PARENT)
+    cgroups.create("sb-1", CgroupLimits())
+    with pytest.raises(HostError, match="create cgroup for sandbox sb-1"):
+        cgroups.create("sb-1", CgroupLimits())
+    assert (v2_root / PARENT / "sb-1").is_dir()
+
+
+def test_v2_usage(v2_root):
+    _v2_node(v2_root / PARENT)
+    cgroups = Cgroups(v2_root, PARENT)
+    cgroups.create("sb-1", CgroupLimits())
+    leaf = v2_root / PARENT / "sb-1"
+    (leaf / "memory.peak").write_text("73400320\n")
+    (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n")
+    (leaf / "cpu.stat").write_text("usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n")
+    assert cgroups.usage("sb-1") == Usage(memory_peak_bytes=73400320, oom_kills=1, cpu_ns=2_500_000)
+
+
+def test_v2_usage_without_counters_is_unknown(v2_root):
+    _v2_node(v2_root / PARENT)
+    cgroups = Cgroups(v2_root, PARENT)
+    cgroups.create("sb-1", CgroupLimits())
+    (v2_root / PARENT / "sb-1" / "memory.peak").write_text("max\n")
+    assert cgroups.usage("sb-1") == Usage(None, None, None)
+
+
+def test_v2_remove_and_list(v2_root):
+    _v2_node(v2_root / PARENT)
+    cgroups = Cgroups(v2_root, PARENT)
+    cgroups.create("sb-1", CgroupLimits())
+    cgroups.create("sb-2", CgroupLimits())
+    assert cgroups.list_sandboxes() == ["sb-1", "sb-2"]
+    cgroups.remove("sb-1")
+    assert not (v2_root / PARENT / "sb-1").exists()
+    assert cgroups.list_sandboxes() == ["sb-2"]
+    cgroups.remove("sb-1")
+    cgroups.remove("sb-2")
+    assert cgroups.list_sandboxes() == []
+
+
+def test_failed_create_logs_a_failing_undo_and_raises_the_original(v1_root, caplog, monkeypatch):
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare()
+    (v1_root / "cpu" / PARENT / "sb-1").mkdir()
+    # Make the undo of the first leaf fail: give it content, as a busy cgroup would refuse rmdir.
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir_and_fill(self, *args, **kwargs):
+        real_mkdir(self, *args, **kwargs)
+        if self == v1_root / "memory" / PARENT / "sb-1":
+            (self / "tasks").write_text("1\n")
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir_and_fill)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.host.cgroups"):
+        with pytest.raises(HostError, match=r"create cgroup for sandbox sb-1: \[Errno 17\] File exists"):
+            cgroups.create("sb-1", LIMITS)
+    assert "remove cgroup" in caplog.text and "after a failed create" in caplog.text
+    assert not (v1_root / "pids" / PARENT / "sb-1").exists()  # made by this call, then undone
+    assert (v1_root / "cpu" / PARENT / "sb-1").is_dir()  # not ours: kept

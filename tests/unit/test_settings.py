@@ -1,0 +1,169 @@
+"""Settings.from_env: defaults, the parsers, and a ConfigError naming the variable for every
+invalid value."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.settings import Settings, parse_bool, parse_duration, parse_size
+
+
+def test_defaults_from_an_empty_environment():
+    settings = Settings.from_env({})
+    assert settings.port == 9385
+    assert settings.host == "127.0.0.1"
+    assert settings.limits.memory_bytes == 256 * 1024**2
+    assert settings.limits.timeout_s == 10.0
+    assert settings.pool_size == 1
+    assert settings.enable_static_check is True
+    assert settings.runsc.enable_seccomp is False
+    assert settings.runsc.network == "none"
+    assert settings.base_images == {}
+    assert settings.api_token is None
+
+
+def test_blank_values_mean_the_default():
+    settings = Settings.from_env({"SANDBOX_TIMEOUT": "  ", "SANDBOX_MAX_MEMORY": "", "SANDBOX_EXECUTOR_MANAGER_PORT": ""})
+    assert settings.limits.timeout_s == 10.0
+    assert settings.limits.memory_bytes == 256 * 1024**2
+    assert settings.port == 9385
+
+
+def test_values_are_read():
+    settings = Settings.from_env({
+        "SANDBOX_EXECUTOR_MANAGER_PORT": "8080",
+        "SANDBOX_EXECUTOR_MANAGER_POOL_SIZE": "5",
+        "SANDBOX_MAX_MEMORY": "1g",
+        "SANDBOX_TIMEOUT": "1m30s",
+        "SANDBOX_ENABLE_SECCOMP": "yes",
+        "SANDBOX_ENABLE_AST_ANALYSIS": "off",
+        "SANDBOX_EXECUTOR_MANAGER_HOST": "0.0.0.0",
+        "SANDBOX_STATE_DIR": "/tmp/state",
+        "SANDBOX_CGROUP_PARENT": "/a/b/",
+    })
+    assert settings.port == 8080
+    assert settings.pool_size == 5
+    assert settings.limits.memory_bytes == 1024**3
+    assert settings.limits.timeout_s == 90.0
+    assert settings.runsc.enable_seccomp is True
+    assert settings.enable_static_check is False
+    assert settings.host == "0.0.0.0"
+    assert settings.state_dir == pathlib.Path("/tmp/state")
+    assert settings.cgroup_parent == "a/b"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("256m", 256 * 1024**2),
+    ("1g", 1024**3),
+    ("512k", 512 * 1024),
+    ("10b", 10),
+    ("256M", 256 * 1024**2),
+    (" 2G ", 2 * 1024**3),
+])
+def test_parse_size(text, expected):
+    assert parse_size("X", text) == expected
+
+
+@pytest.mark.parametrize("text", ["0m", "-1m", "1.5g", "1t", "", "abc", "m", "256", "01m", "1 m"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ConfigError, match="^X: invalid size"):
+        parse_size("X", text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10s", 10.0),
+    ("90s", 90.0),
+    ("2m", 120.0),
+    ("1m30s", 90.0),
+    ("500ms", 0.5),
+    ("60", 60.0),
+    ("1.5", 1.5),
+    ("2.5s", 2.5),
+    ("1h", 3600.0),
+    ("1s500ms", 1.5),
+    ("10S", 10.0),
+])
+def test_parse_duration(text, expected):
+    assert parse_duration("X", text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-5s", "10x", "", "s", "0s", "25h", "nan", "inf", "-1", "m30"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ConfigError, match="^X: "):
+        parse_duration("X", text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1", True), ("true", True), ("YES", True), (" on ", True),
+    ("0", False), ("false", False), ("No", False), ("off", False),
+])
+def test_parse_bool(text, expected):
+    assert parse_bool("X", text) is expected
+
+
+@pytest.mark.parametrize("text", ["2", "y", "enabled", "", "truee"])
+def test_parse_bool_rejects(text):
+    with pytest.raises(ConfigError, match="^X: invalid boolean"):
+        parse_bool("X", text)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("SANDBOX_TIMEOUT", "abc"),
+    ("SANDBOX_TIMEOUT", "0"),
+    ("SANDBOX_MAX_MEMORY", "1.5g"),
+    ("SANDBOX_MAX_MEMORY", "0m"),
+    ("SANDBOX_EXECUTOR_MANAGER_PORT", "http"),
+    ("SANDBOX_EXECUTOR_MANAGER_PORT", "0"),
+    ("SANDBOX_EXECUTOR_MANAGER_PORT", "65536"),
+    ("SANDBOX_ENABLE_SECCOMP", "maybe"),
+    ("SANDBOX_ENABLE_AST_ANALYSIS", "2"),
+    ("SANDBOX_EXECUTOR_MANAGER_POOL_SIZE", "-1"),
+    ("SANDBOX_EXECUTOR_MANAGER_POOL_SIZE", "many"),
+    ("SANDBOX_STATE_DIR", "relative/state"),
+    ("SANDBOX_CONTAINER_NETWORK", "bridge"),
+    ("SANDBOX_CGROUP_PARENT", "a/../b"),
+    ("SANDBOX_CGROUP_PARENT", ".."),
+    ("SANDBOX_LANGUAGES_DIR", "relative/dir"),
+    ("SANDBOX_EXECUTOR_MANAGER_HOST", "example.com"),
+])
+def test_invalid_value_names_the_variable(name, value):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: value})
+    assert name in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["15m", "16383k", "1m", "10b"])
+def test_memory_below_16m_is_refused(value):
+    with pytest.raises(ConfigError, match="SANDBOX_MAX_MEMORY: must be at least 16m"):
+        Settings.from_env({"SANDBOX_MAX_MEMORY": value})
+
+
+def test_memory_of_exactly_16m_is_accepted():
+    assert Settings.from_env({"SANDBOX_MAX_MEMORY": "16m"}).limits.memory_bytes == 16 * 1024**2
+
+
+def test_base_images_are_keyed_by_language():
+    settings = Settings.from_env({
+        "SANDBOX_BASE_PYTHON_IMAGE": " /srv/rootfs/py ",
+        "SANDBOX_BASE_NODEJS_IMAGE": "nodejs-22",
+        "SANDBOX_BASE_RUBY_IMAGE": "",
+        "UNRELATED": "x",
+    })
+    assert dict(settings.base_images) == {"python": "/srv/rootfs/py", "nodejs": "nodejs-22"}
+
+
+def test_languages_dir_takes_colon_separated_absolute_paths():
+    settings = Settings.from_env({"SANDBOX_LANGUAGES_DIR": "/a/langs::/b/more:"})
+    assert settings.languages_dirs == (pathlib.Path("/a/langs"), pathlib.Path("/b/more"))
+
+
+def test_languages_dir_default_is_the_repository_languages():
+    default = Settings.from_env({}).languages_dirs
+    assert default == (pathlib.Path(__file__).resolve().parents[2] / "languages",)
+
+
+def test_container_network_none_is_accepted():
+    assert Settings.from_env({"SANDBOX_CONTAINER_NETWORK": "None"}).runsc.network == "none"
