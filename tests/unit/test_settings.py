@@ -167,3 +167,63 @@ def test_languages_dir_default_is_the_repository_languages():
 
 def test_container_network_none_is_accepted():
     assert Settings.from_env({"SANDBOX_CONTAINER_NETWORK": "None"}).runsc.network == "none"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("120/minute", (120, 60.0)), ("5/second", (5, 1.0)), ("1000/hour", (1000, 3600.0)), ("10/m", (10, 60.0)),
+    ("off", None), ("0", None),
+])
+def test_rate_limit_parsing(text, expected):
+    assert Settings.from_env({"SANDBOX_RUN_RATE_LIMIT": text}).run_rate_limit == expected
+
+
+@pytest.mark.parametrize("text", ["120", "abc/minute", "0/minute", "10/day", "-1/second"])
+def test_rate_limit_rejects(text):
+    with pytest.raises(ConfigError, match="SANDBOX_RUN_RATE_LIMIT"):
+        Settings.from_env({"SANDBOX_RUN_RATE_LIMIT": text})
+
+
+def test_default_rate_limit_is_upstreams():
+    assert Settings.from_env({}).run_rate_limit == (120, 60.0)
+
+
+def test_token_is_read_and_never_shown():
+    settings = Settings.from_env({"SANDBOX_EXECUTOR_MANAGER_API_TOKEN": "hunter2"})
+    assert settings.api_token == "hunter2"
+    assert "hunter2" not in repr(settings) and "api_token='***'" in repr(settings)
+    assert Settings.from_env({}).api_token is None
+
+
+def test_pool_sizes_per_profile():
+    settings = Settings.from_env({"SANDBOX_EXECUTOR_MANAGER_POOL_SIZE": "3", "SANDBOX_POOL_SIZE_PYTHON_PRELOAD": "1",
+                                  "SANDBOX_POOL_SIZE_NODEJS": "0"})
+    assert settings.pool_size_for("python") == 3
+    assert settings.pool_size_for("python_preload") == 1
+    assert settings.pool_size_for("nodejs") == 0
+    with pytest.raises(ConfigError, match="SANDBOX_POOL_SIZE_PYTHON"):
+        Settings.from_env({"SANDBOX_POOL_SIZE_PYTHON": "many"})
+
+
+def test_cpu_and_total_budgets():
+    settings = Settings.from_env({"SANDBOX_MAX_CPUS": "0.5", "SANDBOX_TOTAL_CPUS": "1.5", "SANDBOX_TOTAL_MEMORY": "4g"})
+    assert settings.limits.cpus == 0.5 and settings.total_cpus == 1.5 and settings.total_memory_bytes == 4 * 1024**3
+    with pytest.raises(ConfigError, match="SANDBOX_MAX_CPUS"):
+        Settings.from_env({"SANDBOX_MAX_CPUS": "0"})
+    with pytest.raises(ConfigError, match="SANDBOX_TOTAL_MEMORY"):
+        Settings.from_env({"SANDBOX_TOTAL_MEMORY": "128m", "SANDBOX_MAX_MEMORY": "256m"})
+
+
+def test_seccomp_profile_must_exist():
+    assert Settings.from_env({"SANDBOX_SECCOMP_PROFILE": "strict"}).runsc.seccomp_profile == "strict"
+    with pytest.raises(ConfigError, match="SANDBOX_SECCOMP_PROFILE"):
+        Settings.from_env({"SANDBOX_SECCOMP_PROFILE": "nonexistent"})
+
+
+def test_pids_floor_leaves_room_for_gvisor_itself():
+    with pytest.raises(ConfigError, match="SANDBOX_MAX_PIDS"):
+        Settings.from_env({"SANDBOX_MAX_PIDS": "32"})
+
+
+def test_log_format_and_notify_socket():
+    settings = Settings.from_env({"SANDBOX_LOG_FORMAT": "JSON", "NOTIFY_SOCKET": "/run/systemd/notify"})
+    assert settings.log_format == "json" and settings.notify_socket == "/run/systemd/notify"
