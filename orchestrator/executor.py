@@ -135,8 +135,8 @@ class Executor:
             raise CapacityError(f"acquire sandbox: none free within {self.settings.queue_timeout_s:.0f} s") from None
         self.running += 1
         sandbox: Sandbox | None = None
+        pool = self.pools.get(self.route(language, request.source))
         try:
-            pool = self.pools.get(self.route(language, request.source))
             sandbox = pool.take() if pool is not None else None
             if sandbox is not None:
                 self.warm_starts += 1
@@ -164,6 +164,8 @@ class Executor:
         finally:
             self.running -= 1
             self._active.discard(sandbox)
+            if pool is not None:
+                pool.refill_now()
             self._retire(sandbox)
 
     def _retire(self, sandbox: Sandbox | None) -> None:
