@@ -11,7 +11,7 @@ PIDFILE     := $(RUN_DIR)/service.pid
 LOGFILE     ?= /var/log/gvisor-sandbox.log
 ENV_FILE    ?= .env
 PORT        ?= $(or $(SANDBOX_EXECUTOR_MANAGER_PORT),9385)
-APT_PACKAGES := runsc mmdebstrap
+APT_PACKAGES := runsc mmdebstrap nftables
 # Loads the env file (upstream's SANDBOX_* names) into the shell of a recipe line.
 LOAD_ENV    := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a; export SANDBOX_ROOTFS_DIR="$${SANDBOX_ROOTFS_DIR:-$(ROOTFS_DIR)}";
 

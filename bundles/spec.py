@@ -10,6 +10,8 @@ golden files can pin it.  What the process gets:
 - a fresh writable workspace (a bind of a per-sandbox host directory) as its working
   directory, ``/tmp`` and ``/dev/shm`` as bounded tmpfs, the runner directory read-only;
 - private namespaces, its own cgroup with a memory limit (no swap on top) and a pids limit;
+  in egress mode the network namespace is one the orchestrator prepared (``netns_path``, a
+  file under ``NETNS_DIR``), every other namespace is always new;
 - optionally a seccomp profile (applied by runsc with ``--oci-seccomp``).
 """
 
@@ -23,6 +25,7 @@ ALL_CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "amb
 NAMESPACES = ("pid", "ipc", "uts", "mount", "network")
 WORKSPACE = "/workspace"
 RUNNER_MOUNT = "/opt/sandbox/runner"
+NETNS_DIR = "/var/run/netns"  # named network namespaces (iproute2's and pyroute2's convention)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class SpecParams:
     nofile: int = 1024
     cpu_shares: int | None = None
     seccomp: Mapping | None = None
+    netns_path: str | None = None  # join this network namespace (egress mode) instead of a new one
     annotations: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -69,7 +73,8 @@ def build_spec(params: SpecParams) -> dict:
     if params.cpu_shares is not None:
         resources["cpu"] = {"shares": params.cpu_shares}
     linux: dict = {
-        "namespaces": [{"type": kind} for kind in NAMESPACES],
+        "namespaces": [{"type": kind, "path": params.netns_path} if kind == "network" and params.netns_path
+                       else {"type": kind} for kind in NAMESPACES],
         "cgroupsPath": params.cgroups_path,
         "resources": resources,
         "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],

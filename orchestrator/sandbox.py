@@ -71,6 +71,7 @@ class SandboxHost:
     extra_env: dict[str, str] = field(default_factory=dict)
     seccomp: dict | None = None  # the spec's linux.seccomp, enforced by runsc --oci-seccomp
     bounded_workspace: bool = True  # a size-limited tmpfs per workspace (needs root)
+    network: object | None = None  # egress mode: host.netns.SandboxNetworks; None: runsc's own empty netns
 
 
 class Sandbox:
@@ -89,6 +90,7 @@ class Sandbox:
         self.preload_errors: dict = {}
         self._stack = contextlib.AsyncExitStack()
         self._dirs: workspace.SandboxDirs | None = None
+        self._net = None  # host.netns.SandboxNet in egress mode
         self._process: asyncio.subprocess.Process | None = None
         self._stdout: Capture | None = None
         self._stderr: Capture | None = None
@@ -127,6 +129,9 @@ class Sandbox:
                 self.host.cgroups.create(self.id, CgroupLimits(memory_bytes=limits.memory_bytes, pids=limits.pids,
                                                                cpus=limits.cpus, cpu_weight=weight))
                 self._stack.push_async_callback(asyncio.to_thread, self.host.cgroups.remove, self.id)
+            if self.host.network is not None:
+                self._net = await asyncio.to_thread(self.host.network.create, self.id)
+                self._stack.push_async_callback(asyncio.to_thread, self.host.network.remove, self._net)
             if self.language.can_boot_ahead:
                 env = {"SANDBOX_PRELOAD": ",".join(self.language.preload)} if self.preload else {}
                 await self._launch(env)
@@ -156,6 +161,7 @@ class Sandbox:
             uid=self.host.uid,
             gid=self.host.gid,
             seccomp=self.host.seccomp,
+            netns_path=self._net.path if self._net is not None else None,
             annotations={"dev.gvisor-sandbox.language": self.language.name},
         )
         spec = build_spec(params)

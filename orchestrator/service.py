@@ -1,27 +1,36 @@
-"""Wiring: settings -> runtime, languages, rootfs, cgroups, executor; start-up reaping.
+"""Wiring: settings -> runtime, languages, rootfs, cgroups, network, executor; start-up reaping.
 
 ``start_service`` refuses to start (``HostError``/``ConfigError``/``RunscError``) when the host
 cannot run sandboxes, instead of failing every request later.
+
+Network (``Service.network`` records what applies, for logs and ``doctor``): in ``none`` mode
+runsc gives each sandbox an empty netns of its own and nothing is set up here.  In ``egress``
+mode start-up loads the firewall table (host addresses read now, this service's port), turns
+IPv4 forwarding on (the old value is recorded, never restored) and boots one throwaway sandbox
+to learn whether this runsc needs the netns workaround (``runtime.argv``); ``close`` removes
+the table.  Leftover namespaces, veths and the table of an earlier run are reaped in both modes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import pathlib
+import shutil
 from dataclasses import dataclass
 
 import psutil
 
-from orchestrator.errors import HostError, RunscError
+from orchestrator.errors import HostError, RunscError, SandboxError
 from orchestrator.executor import Executor
-from orchestrator.host import workspace
+from orchestrator.host import firewall, netns, workspace
 from orchestrator.host.cgroups import CgroupLimits, Cgroups
 from orchestrator.language import Language, load_languages
 from orchestrator.metrics import Metrics
-from orchestrator.runtime.argv import RunscConfig
+from orchestrator.runtime.argv import RunscConfig, needs_netns_workaround
 from orchestrator.runtime.runsc import RunscInfo, RunscRuntime, probe_runsc
-from orchestrator.sandbox import SandboxHost
+from orchestrator.sandbox import Sandbox, SandboxHost
 from orchestrator.settings import Settings
 from rootfs_builder.errors import RootfsError
 from rootfs_builder.store import find_rootfs
@@ -30,6 +39,21 @@ from seccomp.profile import load_profile
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup")
+RUNSC_NETWORK = {"none": "none", "egress": "sandbox"}  # SANDBOX_CONTAINER_NETWORK -> runsc --network
+ROOT_NETNS_REFUSAL = "cannot run with network enabled in root network namespace"
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """How sandboxes get their network (for logs and ``doctor``)."""
+
+    mode: str                             # SANDBOX_CONTAINER_NETWORK
+    runsc_network: str                    # runsc --network
+    netns_workaround: bool = False        # `runsc run` wrapped (runtime.argv.netns_workaround_argv)
+    probe: str = ""                       # how that was decided
+    table: str | None = None              # our nftables table (inet)
+    name_prefix: str | None = None        # of our netns and veths
+    forwarding_before: str | None = None  # net.ipv4.ip_forward before start-up set it to 1
 
 
 @dataclass
@@ -42,9 +66,17 @@ class Service:
     rootfs: dict[str, pathlib.Path]
     executor: Executor
     metrics: Metrics
+    network: NetworkInfo | None = None
 
     async def close(self) -> None:
         await self.executor.close()
+        networks = self.executor.host.network
+        if networks is not None:  # egress: nothing is live any more; drop what is left, then the table
+            leftovers = await asyncio.to_thread(networks.reap)
+            if leftovers:
+                log.warning("removed at close: %s", ", ".join(leftovers))
+        if self.network is not None and self.network.mode == "egress" and self.network.table:
+            await firewall.delete_table(self.network.table)
 
 
 def resolve_rootfs(settings: Settings, languages: dict[str, Language]) -> dict[str, pathlib.Path]:
@@ -69,8 +101,18 @@ def resolve_rootfs(settings: Settings, languages: dict[str, Language]) -> dict[s
     return resolved
 
 
-async def reap(runtime: RunscRuntime, cgroups: Cgroups | None, state_dir: pathlib.Path) -> list[str]:
-    """Remove what an earlier run of the service left: sandboxes, cgroups, sandbox dirs."""
+def sandbox_networks(settings: Settings) -> netns.SandboxNetworks:
+    return netns.SandboxNetworks(netns.instance_prefix(settings.state_dir), settings.egress.subnet)
+
+
+def firewall_table(settings: Settings) -> str:
+    return firewall.table_name(netns.instance_prefix(settings.state_dir))
+
+
+async def reap(runtime: RunscRuntime, cgroups: Cgroups | None, state_dir: pathlib.Path,
+               networks: netns.SandboxNetworks | None = None, table: str | None = None) -> list[str]:
+    """Remove what an earlier run of the service left: sandboxes, cgroups, sandbox dirs,
+    network namespaces, veths and the firewall table."""
     reaped = []
     for sandbox_id in await runtime.list_ids():
         await runtime.kill(sandbox_id)
@@ -83,6 +125,10 @@ async def reap(runtime: RunscRuntime, cgroups: Cgroups | None, state_dir: pathli
     for sandbox_id in workspace.list_sandbox_dirs(state_dir):
         workspace.remove_sandbox_dirs(workspace.SandboxDirs(workspace.sandboxes_dir(state_dir) / sandbox_id))
         reaped.append(f"directory {sandbox_id}")
+    if networks is not None:
+        reaped += await asyncio.to_thread(networks.reap)
+    if table is not None and shutil.which(firewall.NFT) and await firewall.delete_table(table):
+        reaped.append(f"nftables table inet {table}")
     return reaped
 
 
@@ -91,7 +137,7 @@ def runsc_config(settings: Settings, known_flags: frozenset[str] | None = None) 
         binary=settings.runsc.binary,
         root=settings.state_dir / "runsc",
         platform=settings.runsc.platform,
-        network=settings.runsc.network,
+        network=RUNSC_NETWORK[settings.runsc.network],
         oci_seccomp=settings.runsc.enable_seccomp,
         debug_log_dir=settings.runsc.debug_log_dir,
         known_flags=known_flags,
@@ -101,9 +147,67 @@ def runsc_config(settings: Settings, known_flags: frozenset[str] | None = None) 
 async def reap_all(settings: Settings, cgroup_root: pathlib.Path = CGROUP_ROOT) -> list[str]:
     """``make clean``: everything of ours, including the (then empty) parent cgroup."""
     cgroups = Cgroups(cgroup_root, settings.cgroup_parent)
-    removed = await reap(RunscRuntime(runsc_config(settings)), cgroups, settings.state_dir)
+    removed = await reap(RunscRuntime(runsc_config(settings)), cgroups, settings.state_dir,
+                         sandbox_networks(settings), firewall_table(settings))
     cgroups.remove_parent()
     return removed
+
+
+async def prepare_egress(settings: Settings, networks: netns.SandboxNetworks) -> NetworkInfo:
+    """The host side of egress mode: a subnet nothing else routes, the table, forwarding."""
+    table = firewall_table(settings)
+    overlaps = await asyncio.to_thread(netns.overlapping_routes, settings.egress.subnet, networks.veth_prefix)
+    if overlaps:
+        raise HostError(f"check SANDBOX_EGRESS_SUBNET {settings.egress.subnet}: overlaps routes of this host: "
+                        f"{', '.join(overlaps)} (choose another range)")
+    config = firewall.FirewallConfig(
+        table=table, veth_prefix=networks.veth_prefix, subnet=settings.egress.subnet,
+        allow=settings.egress.allow, allow_private=settings.egress.allow_private,
+        host_addresses=await asyncio.to_thread(netns.host_addresses), service_port=settings.port)
+    await firewall.apply_ruleset(firewall.render_ruleset(config), settings.state_dir / "nftables.nft")
+    try:
+        before = firewall.enable_forwarding()
+    except HostError:
+        await firewall.delete_table(table)
+        raise
+    if before != "1":
+        log.warning("egress: turned IPv4 forwarding on (net.ipv4.ip_forward was %s; it stays on)", before)
+    log.info("egress: table inet %s, subnet %s, allowlist %s", table, settings.egress.subnet,
+             ", ".join(map(str, config.allow)) or "empty (no destination is reachable)")
+    if config.allow_private:
+        log.warning("egress: SANDBOX_EGRESS_ALLOW_PRIVATE (test-only) opens %s to sandboxes",
+                    ", ".join(map(str, config.allow_private)))
+    return NetworkInfo(mode="egress", runsc_network=RUNSC_NETWORK["egress"], table=table,
+                       name_prefix=networks.prefix, forwarding_before=before)
+
+
+async def probe_netns_workaround(host: SandboxHost, config: RunscConfig, info: RunscInfo,
+                                 languages: dict[str, Language], rootfs: dict[str, pathlib.Path], *,
+                                 make_runtime=RunscRuntime) -> tuple[bool, str]:
+    """Does ``runsc run`` need the netns workaround here?  Boot one throwaway egress sandbox as
+    is; if runsc refuses our netns as the root one, boot another wrapped.  Without a language
+    that boots ahead, decide by the runsc version instead.  Returns (needed, how we know)."""
+    language = next((languages[name] for name in sorted(languages) if languages[name].can_boot_ahead), None)
+    if language is None:
+        needed = needs_netns_workaround(info.version)
+        return needed, f"by version {info.version} (no language boots ahead to probe with)"
+    failure: SandboxError | None = None
+    for workaround in (False, True):
+        runtime = make_runtime(dataclasses.replace(config, netns_workaround=workaround))
+        sandbox = Sandbox(language, rootfs[language.name], dataclasses.replace(host, runtime=runtime))
+        try:
+            await sandbox.boot()
+        except SandboxError as exc:
+            failure = exc
+            if ROOT_NETNS_REFUSAL not in str(exc):
+                break
+            continue
+        finally:
+            await sandbox.destroy()
+        if workaround:
+            return True, f"probe: runsc {info.version} refused the netns as the root one; the workaround works"
+        return False, f"probe: runsc {info.version} accepted the netns as is"
+    raise HostError(f"probe egress sandbox: {failure}")
 
 
 async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathlib.Path | None = CGROUP_ROOT) -> Service:
@@ -127,16 +231,33 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
         cgroups = Cgroups(cgroup_root, settings.cgroup_parent)
         total_memory = settings.total_memory_bytes or int(psutil.virtual_memory().total * 0.8)
         cgroups.prepare(CgroupLimits(memory_bytes=total_memory, cpus=settings.total_cpus))
+    networks = sandbox_networks(settings)
     if isinstance(runtime, RunscRuntime):
-        reaped = await reap(runtime, cgroups, settings.state_dir)
+        reaped = await reap(runtime, cgroups, settings.state_dir, networks, firewall_table(settings))
         if reaped:
             log.warning("reaped leftovers of an earlier run: %s", ", ".join(reaped))
     seccomp = load_profile(settings.runsc.seccomp_profile) if settings.runsc.enable_seccomp else None
     host = SandboxHost(runtime=runtime, cgroups=cgroups, state_dir=settings.state_dir,
                        uid=settings.sandbox_uid, gid=settings.sandbox_gid, limits=settings.limits,
                        boot_timeout_s=settings.boot_timeout_s, seccomp=seccomp)
+    network = NetworkInfo(mode="none", runsc_network=RUNSC_NETWORK["none"],
+                          probe="runsc gives each sandbox an empty netns of its own")
+    if settings.runsc.network == "egress":
+        network = await prepare_egress(settings, networks)
+        host = dataclasses.replace(host, network=networks)
+        if isinstance(runtime, RunscRuntime) and info is not None:
+            try:
+                workaround, how = await probe_netns_workaround(host, runtime.config, info, languages, rootfs)
+            except BaseException:
+                await firewall.delete_table(network.table)
+                raise
+            runtime = RunscRuntime(dataclasses.replace(runtime.config, netns_workaround=workaround))
+            host = dataclasses.replace(host, runtime=runtime)
+            network = dataclasses.replace(network, netns_workaround=workaround, probe=how)
+        log.info("egress: runsc --network=sandbox, netns workaround %s (%s)",
+                 "on" if network.netns_workaround else "off", network.probe)
     metrics = Metrics()
     executor = Executor(settings, languages, rootfs, host, metrics=metrics)
     executor.start_pools()
     return Service(settings=settings, runsc=info, runtime=runtime, cgroups=cgroups, languages=languages,
-                   rootfs=rootfs, executor=executor, metrics=metrics)
+                   rootfs=rootfs, executor=executor, metrics=metrics, network=network)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from orchestrator.errors import ConfigError
+from orchestrator.host import firewall
 from seccomp.profile import profile_names
 
 _SOURCE_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -144,6 +145,16 @@ class RunscSettings:
 
 
 @dataclass(frozen=True)
+class EgressSettings:
+    """What sandboxes may reach when ``SANDBOX_CONTAINER_NETWORK=egress`` (orchestrator.host.firewall)."""
+
+    allow: tuple[firewall.EgressRule, ...] = ()  # SANDBOX_EGRESS_ALLOW; empty: nothing
+    # SANDBOX_EGRESS_ALLOW_PRIVATE: TEST-ONLY and dangerous, opens parts of the private ranges.
+    allow_private: tuple[ipaddress.IPv4Network, ...] = ()
+    subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.254.0.0/16")  # one /30 per sandbox
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 9385
@@ -158,6 +169,7 @@ class Settings:
     enable_static_check: bool = True
     limits: Limits = field(default_factory=Limits)
     runsc: RunscSettings = field(default_factory=RunscSettings)
+    egress: EgressSettings = field(default_factory=EgressSettings)
     state_dir: pathlib.Path = pathlib.Path("/run/gvisor-sandbox")
     rootfs_dir: pathlib.Path = pathlib.Path("/var/lib/gvisor-sandbox/rootfs")
     languages_dirs: tuple[pathlib.Path, ...] = (_SOURCE_ROOT / "languages",)
@@ -213,12 +225,20 @@ class Settings:
             binary=binary,
             platform=read("SANDBOX_RUNSC_PLATFORM", lambda n, v: parse_choice(n, v, ("ptrace", "kvm", "systrap")),
                           default.runsc.platform),
-            network=read("SANDBOX_CONTAINER_NETWORK", lambda n, v: parse_choice(n, v, ("none",)), default.runsc.network),
+            network=read("SANDBOX_CONTAINER_NETWORK", lambda n, v: parse_choice(n, v, ("none", "egress")),
+                         default.runsc.network),
             enable_seccomp=read("SANDBOX_ENABLE_SECCOMP", parse_bool, default.runsc.enable_seccomp),
             seccomp_profile=read("SANDBOX_SECCOMP_PROFILE", lambda n, v: parse_choice(n, v, profile_names()),
                                  default.runsc.seccomp_profile),
             debug_log_dir=read("SANDBOX_RUNSC_DEBUG_LOG_DIR", parse_path, None),
         )
+        egress = EgressSettings(
+            allow=read("SANDBOX_EGRESS_ALLOW", firewall.parse_egress_allow, default.egress.allow),
+            allow_private=read("SANDBOX_EGRESS_ALLOW_PRIVATE", firewall.parse_allow_private,
+                               default.egress.allow_private),
+            subnet=read("SANDBOX_EGRESS_SUBNET", firewall.parse_egress_subnet, default.egress.subnet),
+        )
+        firewall.check_egress(egress.allow, egress.allow_private, egress.subnet)
 
         languages_dirs = default.languages_dirs
         raw_dirs = get("SANDBOX_LANGUAGES_DIR")
@@ -255,6 +275,7 @@ class Settings:
             enable_static_check=read("SANDBOX_ENABLE_AST_ANALYSIS", parse_bool, default.enable_static_check),
             limits=limits,
             runsc=runsc,
+            egress=egress,
             state_dir=read("SANDBOX_STATE_DIR", parse_path, default.state_dir),
             rootfs_dir=read("SANDBOX_ROOTFS_DIR", parse_path, default.rootfs_dir),
             languages_dirs=languages_dirs,

@@ -2,6 +2,15 @@
 
 Flags that the installed runsc does not know are never passed: ``RunscConfig.known_flags``
 holds what ``runsc flags`` printed (None = not probed, pass only flags every build has).
+
+The netns workaround (``RunscConfig.netns_workaround``, egress mode only): runsc builds before
+release-20240801 refuse ``--network=sandbox`` with "cannot run with network enabled in root
+network namespace" on kernels that expose ``/proc/sys/net/core/rmem_default`` in every netns
+(6.x do), because that file is how they tell the root netns.  ``run_argv`` then starts runsc in
+a private mount namespace with a tmpfs over ``/proc/sys/net`` (not over ``/proc/sys``: runsc
+reads ``/proc/sys/vm/mmap_min_addr``), so the test sees no such file; the sandbox still joins
+the namespace from the spec.  ``kill``, ``delete`` and ``list`` do not touch the network and
+are never wrapped.  The service decides at start-up, by a probe run, whether it is needed.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ class RunscConfig:
     oci_seccomp: bool = False
     debug_log_dir: pathlib.Path | None = None
     known_flags: frozenset[str] | None = None
+    netns_workaround: bool = False  # wrap `runsc run` (see the module docstring)
 
     def knows(self, flag: str) -> bool:
         return flag in (self.known_flags if self.known_flags is not None else BASELINE_FLAGS)
@@ -53,8 +63,30 @@ def global_flags(config: RunscConfig, *, log_file: pathlib.Path | None = None) -
 
 def run_argv(config: RunscConfig, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path) -> list[str]:
     """``runsc run``: create, start and wait for the sandbox; exits with its init's status."""
-    return [str(config.binary), *global_flags(config, log_file=log_file), "run",
+    argv = [str(config.binary), *global_flags(config, log_file=log_file), "run",
             f"--bundle={bundle}", check_sandbox_id(sandbox_id)]
+    return netns_workaround_argv(argv) if config.netns_workaround and config.network == "sandbox" else argv
+
+
+# `exec` keeps the pid: the caller's process handle is runsc itself, and so is the exit status.
+NETNS_WORKAROUND_SCRIPT = 'mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k tmpfs /proc/sys/net && exec "$@"'
+
+
+def netns_workaround_argv(argv: list[str]) -> list[str]:
+    """``argv`` run in a private mount namespace where ``/proc/sys/net`` is an empty tmpfs."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", NETNS_WORKAROUND_SCRIPT, "sh", *argv]
+
+
+# The first gVisor release whose root-netns test (`dev_weight`) works on kernels 6.x.
+NETNS_FIXED_RELEASE = 20240801
+
+
+def needs_netns_workaround(version: str) -> bool:
+    """A guess from the version alone (``release-20240801.0``, ``0.0~20221219.0``): builds before
+    NETNS_FIXED_RELEASE need the workaround, and so, to be safe, does an unreadable version.
+    The service uses it only when it cannot probe (no language boots ahead)."""
+    match = re.search(r"(?:^|[^\d])(20\d{6})(?:\D|$)", version)
+    return match is None or int(match.group(1)) < NETNS_FIXED_RELEASE
 
 
 def kill_argv(config: RunscConfig, sandbox_id: str, signal: str = "KILL") -> list[str]:

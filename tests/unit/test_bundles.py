@@ -288,3 +288,43 @@ def test_import_parser_sees_forbidden_imports(tmp_path):
     sample.write_text("import asyncio.subprocess\nfrom orchestrator.errors import ConfigError\n"
                       "import importlib\nimportlib.import_module('pyroute2')\n")
     assert _imported_modules(sample) == {"asyncio.subprocess", "orchestrator.errors", "importlib", "pyroute2"}
+
+
+# -- the schema verdict is cached per shape: the per-sandbox strings must not matter ---------------
+
+def _resolve(schema_file: str, pointer: str) -> dict:
+    import json as _json
+
+    from bundles.validate import SCHEMA_DIR
+
+    node = _json.loads((SCHEMA_DIR / schema_file).read_text())
+    for part in pointer.strip("/").split("/"):
+        node = node[part]
+    while "$ref" in node:
+        target_file, _, target = node["$ref"].partition("#")
+        node = _resolve(target_file or schema_file, target)
+    return node
+
+
+@pytest.mark.parametrize(("schema_file", "pointer"), [
+    ("config-schema.json", "/properties/root/properties/path"),
+    ("defs.json", "/definitions/Mount/properties/source"),
+    ("config-linux.json", "/linux/properties/cgroupsPath"),
+    ("defs-linux.json", "/definitions/NamespaceReference/properties/path"),
+    ("defs.json", "/definitions/mapStringString/patternProperties/.{1,}"),
+])
+def test_volatile_fields_are_plain_strings_in_the_schema(schema_file, pointer):
+    node = _resolve(schema_file, pointer)
+    assert node.get("type") == "string"
+    assert not {"pattern", "format", "enum", "minLength", "maxLength"} & set(node)
+
+
+def test_cached_verdict_still_sees_wrong_types_in_volatile_fields():
+    from bundles.validate import schema_problems
+
+    spec = build_spec(PYTHON_PARAMS)
+    spec["root"]["path"] = 5
+    assert any("root/path" in problem for problem in schema_problems(spec))
+    spec = build_spec(PYTHON_PARAMS)
+    spec["mounts"][0]["source"] = ["x"]
+    assert any("mounts/0/source" in problem for problem in schema_problems(spec))
