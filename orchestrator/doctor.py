@@ -8,6 +8,7 @@ with the fix.  Exit status 1 when anything failed.
 from __future__ import annotations
 
 import pathlib
+import shutil
 import socket
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from orchestrator.errors import ServiceError
 from orchestrator.host.cgroups import V1_CONTROLLERS, V2_CONTROLLERS, Cgroups, detect_version
 from orchestrator.language import load_languages
+from orchestrator.host.firewall import NFT
+from orchestrator.runtime.argv import needs_netns_workaround
 from orchestrator.runtime.runsc import probe_runsc, run_command
 from orchestrator.service import CGROUP_ROOT, resolve_rootfs
 from orchestrator.settings import Settings
@@ -95,6 +98,22 @@ async def check_netns(settings: Settings) -> Check:
     return Check("netns", True, "a network namespace can be created and removed")
 
 
+async def check_network(settings: Settings) -> Check:
+    if settings.runsc.network == "none":
+        return Check("network", True, "none: runsc gives each sandbox an empty netns (gVisor loopback only)")
+    if shutil.which(NFT) is None:
+        return Check("network", False, "egress mode needs nftables (`nft` not found)", "apt-get install nftables")
+    try:
+        info = await probe_runsc(settings.runsc.binary)
+    except ServiceError as exc:
+        return Check("network", False, str(exc), "install runsc")
+    guess = needs_netns_workaround(info.version)
+    return Check("network", True, f"egress via {settings.egress.subnet}, allowlist "
+                                  f"{', '.join(map(str, settings.egress.allow)) or 'empty'}; runsc {info.version} "
+                                  f"{'needs' if guess else 'should not need'} the netns workaround (the service "
+                                  "confirms with a probe sandbox at start-up)")
+
+
 async def check_state_dir(settings: Settings) -> Check:
     try:
         settings.state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -117,7 +136,7 @@ async def check_port(settings: Settings) -> Check:
 
 
 CHECKS: list[Callable[[Settings], Awaitable[Check]]] = [
-    check_runsc, check_smoke, check_cgroups, check_netns, check_rootfs, check_state_dir, check_port]
+    check_runsc, check_smoke, check_cgroups, check_netns, check_network, check_rootfs, check_state_dir, check_port]
 
 
 async def run_checks(settings: Settings, checks=None) -> list[Check]:

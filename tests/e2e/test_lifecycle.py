@@ -107,7 +107,7 @@ def test_doctor_on_a_healthy_host(test_env):
     done = run_doctor({**test_env, "SANDBOX_EXECUTOR_MANAGER_PORT": str(free_port())})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "FAIL" not in done.stdout
-    for name in ("runsc", "smoke", "cgroups", "netns", "rootfs", "state dir", "port"):
+    for name in ("runsc", "smoke", "cgroups", "netns", "network", "rootfs", "state dir", "port"):
         assert f"ok    {name}" in done.stdout
     Cgroups(CGROUP_ROOT, test_env["SANDBOX_CGROUP_PARENT"]).remove_parent()
 
