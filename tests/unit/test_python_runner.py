@@ -1,0 +1,75 @@
+"""The Python runner's JSON codec: the ``_json`` fast path must give exactly what
+``json.dumps(ensure_ascii=False, allow_nan=False, separators=(",", ":"))`` and ``json.loads``
+give, errors included (it replaces them to keep ``re``/``enum`` out of a cold start)."""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+RUNNER = pathlib.Path(__file__).resolve().parents[2] / "languages" / "python" / "runner.py"
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("sandbox_runner", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RUNNER_MODULE = load_runner()
+
+
+def reference(value):
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+class Mapping(dict):
+    pass
+
+
+def outcome(function, value):
+    try:
+        return "ok", function(value)
+    except (TypeError, ValueError) as exc:
+        return "error", type(exc).__name__
+
+
+@pytest.mark.parametrize("value", [
+    1, -5, 2**100, 1.5, 1e300, -0.0, 0.1, True, False, None, "é✓\n\"\\", "", "\u2028\x00", [], {}, [1, [2, [3]]],
+    {"a": 1, "b": [1, 2.5, None]}, (1, 2), {1: "int key", 2.5: "float key", None: "n", True: "t"},
+    collections.OrderedDict(a=1), Mapping(x=Mapping(y=[1])), [float("nan")], float("inf"), {1, 2}, b"bytes",
+    object(), complex(1, 2), {(1, 2): 3},
+], ids=repr)
+def test_dumps_matches_json(value):
+    assert outcome(RUNNER_MODULE._dumps, value) == outcome(reference, value)
+
+
+def test_circular_structures_are_refused_and_do_not_poison_later_calls():
+    looped = []
+    looped.append(looped)
+    with pytest.raises(ValueError):
+        RUNNER_MODULE._dumps(looped)
+    assert RUNNER_MODULE._dumps([[1], [1]]) == "[[1],[1]]"
+
+
+@pytest.mark.parametrize("text", ['{"a": [1, 2.5, null, true, false, "x\\u00e9"], "b": {"c": -1e5}}', "[]", '"s"',
+                                  "12", "NaN", ' {"x": 1} \n'])
+def test_loads_matches_json(text):
+    assert repr(RUNNER_MODULE._loads(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("text", ['{"a": 1} x', "{", "", "[1,]", "tru"])
+def test_loads_refuses_what_json_refuses(text):
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        RUNNER_MODULE._loads(text)
+
+
+def test_the_fast_path_is_in_use_here():
+    assert "json" not in RUNNER_MODULE._dumps.__code__.co_names
