@@ -76,6 +76,20 @@ def _collect_from(dir_fd: int, skip: set[str], limit: int) -> list[tuple[str, by
     return found
 
 
+def has_candidates(workspace: pathlib.Path, *, exclude: frozenset[str] = frozenset()) -> bool:
+    """Whether ``collect_artifacts`` could find anything: a cheap listing, no file is opened
+    (so the common run without artifacts needs no thread)."""
+    try:
+        names = os.listdir(workspace / "artifacts") if not os.path.islink(workspace / "artifacts") else []
+    except OSError:
+        names = []
+    try:
+        names += [name for name in os.listdir(workspace) if name not in exclude]
+    except OSError:
+        return False
+    return any(is_acceptable_name(name) for name in names)
+
+
 def collect_artifacts(workspace: pathlib.Path, *, exclude: frozenset[str] = frozenset()) -> list[dict]:
     """Artifacts as the contract's dicts: ``artifacts/`` first, then allow-listed root files."""
     collected: list[tuple[str, bytes]] = []

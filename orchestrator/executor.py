@@ -17,7 +17,7 @@ import pathlib
 from dataclasses import dataclass
 
 from orchestrator import outcome
-from orchestrator.artifacts import collect_artifacts
+from orchestrator.artifacts import collect_artifacts, has_candidates
 from orchestrator.errors import CapacityError
 from orchestrator.language import Language
 from orchestrator.metrics import Metrics
@@ -151,9 +151,10 @@ class Executor:
             job = Job(source=request.source.encode("utf-8"), arguments=request.arguments,
                       timeout_s=self.settings.limits.timeout_s, request_id=request.request_id)
             record = await sandbox.run(job)
-            if record.exit_code == 0 and not (record.timed_out or record.oom_killed or record.output_exceeded):
-                record.artifacts = await asyncio.to_thread(
-                    collect_artifacts, sandbox.workspace_dir, exclude=frozenset({language.source_file, "arguments.json"}))
+            exclude = frozenset({language.source_file, "arguments.json"})
+            if (record.exit_code == 0 and not (record.timed_out or record.oom_killed or record.output_exceeded)
+                    and has_candidates(sandbox.workspace_dir, exclude=exclude)):
+                record.artifacts = await asyncio.to_thread(collect_artifacts, sandbox.workspace_dir, exclude=exclude)
             result = outcome.classify(record, memory_limit_bytes=self.settings.limits.memory_bytes,
                                       output_limit_bytes=self.settings.limits.output_bytes)
             log.info("request=%s sandbox=%s language=%s warm=%s status=%s exit_code=%s time_ms=%.0f cpu_ms=%s",

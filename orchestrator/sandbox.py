@@ -271,7 +271,8 @@ class Sandbox:
                 if self.warm:
                     self.host.cgroups.set_cpu_weight(self.id, DEFAULT_CPU_WEIGHT)
                 self._cpu_ns_before_run = self.host.cgroups.usage(self.id).cpu_ns
-            request = {"type": "run", "source": source_name, "arguments": job.arguments}
+            request = {"type": "run", "source": source_name, "arguments": job.arguments,
+                       "code": (job.source + self.language.source_suffix.encode("utf-8")).decode("utf-8")}
             assert self._writer is not None
             self._writer.write(json.dumps(request, ensure_ascii=False).encode("utf-8") + b"\n")
             with contextlib.suppress(ConnectionError):

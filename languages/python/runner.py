@@ -2,7 +2,8 @@
 
 Protocol (one JSON object per line on fd 0, a socket to the service):
   runner -> service  {"type": "ready", "preload_errors": {module: error}}
-  service -> runner  {"type": "run", "source": file name in the working directory, "arguments": {...}}
+  service -> runner  {"type": "run", "source": file name in the working directory, "code": its text
+                      (optional), "arguments": {...}}
   runner -> service  {"type": "done", "exit_code": n, "returned": bool, "result_json": str|null,
                       "duration_ms": float}
 User code never sees the control socket on a standard stream: fd 0 becomes /dev/null before
@@ -117,11 +118,14 @@ def _print_user_traceback(exc):
     traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
 
 
-def _load_main(source):
+def _load_main(source, text=None):
     """Run the user's file as module ``main`` (as ``from main import main`` would) and
-    return its ``main`` attribute."""
-    with open(source, "rb") as handle:
-        code = compile(handle.read(), source, "exec", dont_inherit=True)
+    return its ``main`` attribute.  ``text`` is the file's content when the request carries
+    it (one file system round trip less); tracebacks still point at the file."""
+    if text is None:
+        with open(source, "rb") as handle:
+            text = handle.read()
+    code = compile(text, source, "exec", dont_inherit=True)
     module = type(sys)("main")
     module.__file__ = source
     module.__builtins__ = __builtins__
@@ -137,7 +141,7 @@ def _run(request):
     sys.argv = [source]
     sys.path.insert(0, workdir)
     try:
-        main = _load_main(source)
+        main = _load_main(source, request.get("code"))
         if not callable(main):
             print("Error: the code must define a function main(**arguments)", file=sys.stderr)
             return 1, False, None

@@ -165,3 +165,20 @@ def test_unreadable_file_is_skipped(workspace):
     path.write_text("x")
     path.chmod(0)
     assert collect_artifacts(workspace) == []
+
+
+def test_has_candidates_is_a_cheap_guard(tmp_path):
+    from orchestrator.artifacts import has_candidates
+
+    workspace = tmp_path / "ws"
+    (workspace / "artifacts").mkdir(parents=True)
+    (workspace / "main.py").write_text("x")
+    assert not has_candidates(workspace, exclude=frozenset({"main.py"}))
+    (workspace / "notes.txt").write_text("not an allowed extension")
+    assert not has_candidates(workspace, exclude=frozenset({"main.py"}))
+    (workspace / "artifacts" / "plot.png").write_bytes(b"\x89PNG")
+    assert has_candidates(workspace, exclude=frozenset({"main.py"}))
+    (workspace / "artifacts" / "plot.png").unlink()
+    (workspace / "table.csv").write_text("a,b\n")
+    assert has_candidates(workspace, exclude=frozenset({"main.py"}))
+    assert not has_candidates(workspace, exclude=frozenset({"main.py", "table.csv"}))
