@@ -102,8 +102,19 @@ class Cgroups:
         return self.root / relative if self.version == 2 else self.root / controller / relative
 
     def _dirs(self, sandbox_id: str | None) -> list[pathlib.Path]:
+        """Our directories: the v1 controllers we set limits in (or the one v2 node)."""
         controllers = ("memory",) if self.version == 2 else V1_CONTROLLERS
         return [self._node(controller, sandbox_id) for controller in controllers]
+
+    def _all_dirs(self, sandbox_id: str | None) -> list[pathlib.Path]:
+        """Ours plus those runsc adds on v1 in every other hierarchy (blkio, cpuset, devices,
+        freezer, ...): it removes a sandbox's on exit, but not the parent it created there,
+        nor anything after a crash."""
+        if self.version == 2:
+            return self._dirs(sandbox_id)
+        extra = sorted(entry.name for entry in self.root.iterdir()
+                       if entry.is_dir() and entry.name not in V1_CONTROLLERS and (entry / "cgroup.procs").exists())
+        return self._dirs(sandbox_id) + [self._node(name, sandbox_id) for name in extra]
 
     def _limit_files(self, sandbox_id: str | None, limits: CgroupLimits) -> list[tuple[pathlib.Path, str]]:
         memory, pids, cpu = (self._node(c, sandbox_id) for c in ("memory", "pids", "cpu"))
@@ -164,7 +175,7 @@ class Cgroups:
 
     def remove_parent(self) -> None:
         """Remove our (empty) parent cgroup(s): ``make clean`` and tests use it."""
-        for directory in self._dirs(None):
+        for directory in self._all_dirs(None):
             try:
                 os.rmdir(directory)
             except FileNotFoundError:
@@ -212,9 +223,10 @@ class Cgroups:
                      _read_int(self._node("cpuacct", sandbox_id) / "cpuacct.usage"))
 
     def remove(self, sandbox_id: str, *, wait_s: float = 2.0) -> None:
-        """Remove the sandbox's cgroup(s); waits briefly while the last tasks exit."""
+        """Remove the sandbox's cgroup(s) in every hierarchy; waits briefly while the last
+        tasks exit."""
         deadline = time.monotonic() + wait_s
-        for directory in self._dirs(sandbox_id):
+        for directory in self._all_dirs(sandbox_id):
             while True:
                 try:
                     os.rmdir(directory)
@@ -228,5 +240,5 @@ class Cgroups:
 
     def list_sandboxes(self) -> list[str]:
         """Ids of the sandbox cgroups present under our parent (for reaping)."""
-        return sorted({entry.name for base in self._dirs(None) if base.is_dir()
+        return sorted({entry.name for base in self._all_dirs(None) if base.is_dir()
                        for entry in base.iterdir() if entry.is_dir()})

@@ -293,3 +293,24 @@ def test_failed_create_logs_a_failing_undo_and_raises_the_original(v1_root, capl
     assert "remove cgroup" in caplog.text and "after a failed create" in caplog.text
     assert not (v1_root / "pids" / PARENT / "sb-1").exists()  # made by this call, then undone
     assert (v1_root / "cpu" / PARENT / "sb-1").is_dir()  # not ours: kept
+
+
+def test_v1_cleanup_covers_the_hierarchies_runsc_adds(tmp_path):
+    """runsc creates the parent (and, until exit, the sandbox) in every v1 hierarchy it knows;
+    reaping and remove_parent must cover those too, not only our four controllers."""
+    from orchestrator.host.cgroups import V1_CONTROLLERS, Cgroups
+
+    for controller in (*V1_CONTROLLERS, "freezer", "devices"):
+        (tmp_path / controller).mkdir()
+        (tmp_path / controller / "cgroup.procs").write_text("")
+    (tmp_path / "not-a-hierarchy").mkdir()
+    cgroups = Cgroups(tmp_path, "svc")
+    cgroups.prepare()
+    (tmp_path / "freezer" / "svc" / "left-by-a-crash").mkdir(parents=True)
+    assert cgroups.list_sandboxes() == ["left-by-a-crash"]
+    cgroups.remove("left-by-a-crash")
+    assert not (tmp_path / "freezer" / "svc" / "left-by-a-crash").exists()
+    (tmp_path / "devices" / "svc").mkdir()
+    cgroups.remove_parent()
+    for controller in (*V1_CONTROLLERS, "freezer", "devices"):
+        assert not (tmp_path / controller / "svc").exists(), controller
