@@ -33,7 +33,6 @@ import platform
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,9 +64,8 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 COLD_PAUSE_S = 0.3  # lets the previous cold sandbox's teardown finish before the next request
 BURST_TOTAL, BURST_CONCURRENCY = 32, 16
-# Refills boot at a low CPU weight, so with 4 loops spinning on 2 cores a plain pool member
-# takes ~6 s to come back: the loops run long enough for several hellos to meet them all.
-LOOPS, LOOP_TIMEOUT, LOOP_BUDGET_S = 4, "40s", 37.0
+# The loops run long enough for every hello to meet all four of them.
+LOOPS, LOOP_TIMEOUT, LOOP_BUDGET_S, LOOP_HELLO_PAUSE_S = 4, "40s", 37.0, 1.0
 # The benchmark's own services: no rate limit (it measures sandboxes, not the limiter), no token.
 SERVICE_ENV = {"SANDBOX_EXECUTOR_MANAGER_HOST": "127.0.0.1", "SANDBOX_RUN_RATE_LIMIT": "off"}
 DROPPED_ENV = ("SANDBOX_POOL_SIZE_", "SANDBOX_EXECUTOR_MANAGER_API_TOKEN")
@@ -77,7 +75,6 @@ WARM_ENV = {"SANDBOX_EXECUTOR_MANAGER_POOL_SIZE": "2", "SANDBOX_POOL_SIZE_NODEJS
 
 
 Gate = Callable[[], Awaitable[None]]
-MemberGate = Callable[[float], Awaitable[bool]]
 
 
 class BenchError(Exception):
@@ -333,24 +330,18 @@ async def wait_pools(session: aiohttp.ClientSession, url: str, *, keys: tuple[st
         await asyncio.sleep(0.05)
 
 
-def request_gates(session: aiohttp.ClientSession, url: str, pause_s: float | None) -> tuple[Gate, MemberGate]:
-    """What runs before each request: ``settle`` (warm workloads) and ``plain_member(timeout)``
-    (each hello among the loops; False when it gave up).  With pool state (``pause_s`` None):
-    all pools full with nothing booting, resp. a ready member in the plain ``python`` pool;
-    without: a pause."""
+def request_gate(session: aiohttp.ClientSession, url: str, pause_s: float | None) -> Gate:
+    """What runs before each warm request: with pool state (``pause_s`` None) wait until all
+    pools are full with nothing booting; without, a pause."""
     if pause_s is not None:
-        async def pause(_timeout: float = 0.0) -> bool:
+        async def pause() -> None:
             await asyncio.sleep(pause_s)
-            return True
-        return pause, pause
+        return pause
 
     async def settle() -> None:
         if not await wait_pools(session, url):
             raise BenchError(f"pools not full within {SETTLE_TIMEOUT_S:.0f} s: {await pool_state(session, url)}")
-
-    async def plain_member(timeout: float) -> bool:
-        return await wait_pools(session, url, keys=("python",), full=False, timeout=timeout)
-    return settle, plain_member
+    return settle
 
 
 async def sequential(session: aiohttp.ClientSession, url: str, code: str, count: int,
@@ -379,31 +370,27 @@ async def burst(session: aiohttp.ClientSession, url: str) -> Measurement:
     return measurement
 
 
-async def hello_during_loops(session: aiohttp.ClientSession, url: str, count: int,
-                             plain_member: MemberGate) -> Measurement:
-    """Up to ``count`` hellos while ``LOOPS`` requests spin in ``while True: pass``, each after
-    ``plain_member``, all within ``LOOP_BUDGET_S`` of the loops' start and only while every
-    loop is still running."""
+async def hello_during_loops(session: aiohttp.ClientSession, url: str, count: int) -> Measurement:
+    """Up to ``count`` hellos, one per LOOP_HELLO_PAUSE_S, while ``LOOPS`` requests spin in
+    ``while True: pass``: what a user sees, whatever state the pools are in (a hello finds a
+    warm sandbox or boots one beside the loops), all within ``LOOP_BUDGET_S`` of the loops'
+    start and only while every loop is still running."""
     loops = [asyncio.ensure_future(post_run(session, url, LOOP)) for _ in range(LOOPS)]
     started = time.monotonic()
-    measurement, waits = Measurement(), []
+    measurement = Measurement()
     try:
         await asyncio.sleep(1.0)
         for _ in range(count):
-            remaining = started + LOOP_BUDGET_S - time.monotonic()
-            wait_started = time.monotonic()
-            if remaining < 1.0 or not await plain_member(remaining - 0.5) or any(loop.done() for loop in loops):
+            if started + LOOP_BUDGET_S - time.monotonic() < 5.0 or any(loop.done() for loop in loops):
                 break
-            waits.append(time.monotonic() - wait_started)
             record(measurement, await post_run(session, url, HELLO))
+            await asyncio.sleep(LOOP_HELLO_PAUSE_S)
         spinning = sum(not loop.done() for loop in loops)
     finally:
         loop_replies = await asyncio.gather(*loops)
     sent = len(measurement.samples_ms) + measurement.errors
     if sent < count:
         measurement.notes.append(f"{sent} of {count} hellos fit while the loops ran ({LOOP_BUDGET_S:.0f} s budget)")
-    if waits:
-        measurement.notes.append(f"waited {statistics.median(waits):.1f} s (median) before each hello")
     if spinning < LOOPS:
         measurement.notes.append(f"only {spinning}/{LOOPS} loops were still running when the last hello answered")
     outcomes = sorted({reply.problem or "success" for reply in loop_replies})
@@ -496,11 +483,11 @@ def remove_cgroup_parent(parent: str) -> list[str]:
 # -- the phases --------------------------------------------------------------------------------------
 
 async def warm_workloads(session: aiohttp.ClientSession, url: str, args, results: Results, *,
-                         settle: Gate, plain_member: MemberGate,
+                         settle: Gate,
                          state_dir: pathlib.Path | None) -> list[Reply]:
     """hello and pandas warm, the idle sandboxes' memory (when ``state_dir`` is ours), 32 at 16,
     hello while loops run.  ``settle`` runs before each request (our service: all pools full),
-    ``plain_member`` before each hello among the loops.  Returns the warm hello replies."""
+    Returns the warm hello replies."""
     say(f"hello warm x{args.iterations}")
     results.measurements["hello_warm"], hello_replies = await sequential(session, url, HELLO, args.iterations, settle)
     say(f"pandas warm x{args.pandas_iterations}")
@@ -514,7 +501,7 @@ async def warm_workloads(session: aiohttp.ClientSession, url: str, args, results
     results.measurements["burst"] = await burst(session, url)
     await settle()
     say(f"hello x{args.loop_iterations} while {LOOPS} infinite loops run")
-    results.measurements["hello_loops"] = await hello_during_loops(session, url, args.loop_iterations, plain_member)
+    results.measurements["hello_loops"] = await hello_during_loops(session, url, args.loop_iterations)
     return hello_replies
 
 
@@ -531,7 +518,7 @@ async def bench_own_service(args, work: pathlib.Path, log_dir: pathlib.Path, cgr
             results.skip("cold workloads", "--skip-cold")
         else:
             async with own_service("cold", session, work, log_dir, cgroup_parent, COLD_ENV, results) as service:
-                pause, _ = request_gates(session, service.url, COLD_PAUSE_S)
+                pause = request_gate(session, service.url, COLD_PAUSE_S)
                 await post_run(session, service.url, HELLO)  # warm-up: page cache, first imports
                 say(f"hello cold x{args.iterations}")
                 results.measurements["hello_cold"], _ = await sequential(session, service.url, HELLO,
@@ -540,11 +527,11 @@ async def bench_own_service(args, work: pathlib.Path, log_dir: pathlib.Path, cgr
                 results.measurements["pandas_cold"], _ = await sequential(session, service.url, PANDAS,
                                                                           args.pandas_iterations, pause)
         async with own_service("warm", session, work, log_dir, cgroup_parent, WARM_ENV, results) as service:
-            settle, plain_member = request_gates(session, service.url, None)
+            settle = request_gate(session, service.url, None)
             say("waiting for the warm pools to fill")
             await settle()
             replies = await warm_workloads(session, service.url, args, results, settle=settle,
-                                           plain_member=plain_member, state_dir=service.state_dir)
+                                           state_dir=service.state_dir)
     overhead = overhead_of(replies)
     if overhead is not None:
         results.measurements["overhead"] = overhead
@@ -561,8 +548,8 @@ async def bench_url(args, results: Results, token: str | None) -> None:
         if not has_pools:
             results.skip("waiting for a ready pool member", f"--url: no pool state at /status; sequential requests "
                                                              f"{args.pause:g} s apart instead")
-        settle, plain_member = request_gates(session, url, None if has_pools else args.pause)
-        replies = await warm_workloads(session, url, args, results, settle=settle, plain_member=plain_member,
+        settle = request_gate(session, url, None if has_pools else args.pause)
+        replies = await warm_workloads(session, url, args, results, settle=settle,
                                        state_dir=None)
         if not has_pools:
             for key in ("hello_warm", "pandas_warm", "hello_loops"):

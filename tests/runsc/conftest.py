@@ -9,8 +9,7 @@ import pathlib
 import pytest
 
 from orchestrator.executor import RunRequest
-from orchestrator.host.cgroups import Cgroups
-from orchestrator.service import CGROUP_ROOT, start_service
+from orchestrator.service import start_service
 from orchestrator.settings import Settings
 from tests.conftest import require_runsc
 
