@@ -61,3 +61,41 @@ def test_env(tmp_path) -> dict[str, str]:
         "SANDBOX_QUEUE_TIMEOUT": "60s",
         "SANDBOX_EXECUTOR_MANAGER_POOL_SIZE": "0",
     }
+
+
+def _host_footprint() -> set[str]:
+    """What sandboxes can leave on the host: runsc processes, sandbox cgroups, our netns,
+    veths and nftables tables (only what looks like ours: ``gvs`` / ``gvisor``-prefixed)."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"runsc") and any(arg.startswith(b"--root=") for arg in cmdline):
+            found.add(f"process {pid} {b' '.join(cmdline)[:100].decode(errors='replace')}")
+    cgroup_root = pathlib.Path("/sys/fs/cgroup")
+    for hierarchy in cgroup_root.iterdir() if cgroup_root.is_dir() else []:
+        for parent in hierarchy.glob("gvisor-sandbox*"):
+            if parent.is_dir():
+                found.add(f"cgroup {parent}")
+    netns_dir = pathlib.Path("/var/run/netns")
+    found |= {f"netns {p.name}" for p in netns_dir.glob("gvs*")} if netns_dir.is_dir() else set()
+    found |= {f"link {p.name}" for p in pathlib.Path("/sys/class/net").glob("gvs*")}
+    if shutil.which("nft"):
+        tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, timeout=30).stdout
+        found |= {f"nft {line.strip()}" for line in tables.splitlines() if "gvisor_sandbox" in line}
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_after_the_suite():
+    """After the whole suite, nothing the tests created is left on the host (compared with
+    what was there before it started, so a service running on a dev box does not count)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    before = _host_footprint()
+    yield
+    left = sorted(_host_footprint() - before)
+    assert left == [], f"left on the host after the test suite: {left}"
