@@ -270,7 +270,7 @@ class Sandbox:
             if self.host.cgroups is not None:
                 if self.warm:
                     self.host.cgroups.set_cpu_weight(self.id, DEFAULT_CPU_WEIGHT)
-                self._cpu_ns_before_run = self.host.cgroups.usage(self.id).cpu_ns
+                self._cpu_ns_before_run = self.host.cgroups.cpu_ns(self.id)
             request = {"type": "run", "source": source_name, "arguments": job.arguments,
                        "code": (job.source + self.language.source_suffix.encode("utf-8")).decode("utf-8")}
             assert self._writer is not None
@@ -336,7 +336,8 @@ class Sandbox:
             record.output_exceeded = "stdout" if self._stdout.exceeded.is_set() else "stderr"
         record.stdout, record.stderr = self._stdout.data, self._stderr.data
         if self.host.cgroups is not None:
-            usage = self.host.cgroups.usage(self.id)
+            # A runner that reported its end was not OOM-killed: skip that counter on the hot path.
+            usage = self.host.cgroups.usage(self.id, oom=not record.reported)
             record.memory_peak_bytes = usage.memory_peak_bytes
             if usage.cpu_ns is not None:
                 record.cpu_ms = (usage.cpu_ns - (self._cpu_ns_before_run or 0)) / 1e6

@@ -211,16 +211,23 @@ class Cgroups:
         except OSError as exc:
             raise HostError(f"set cpu weight of sandbox {sandbox_id}: {exc}") from exc
 
-    def usage(self, sandbox_id: str) -> Usage:
+    def usage(self, sandbox_id: str, *, oom: bool = True) -> Usage:
+        """Peak memory, CPU time and (unless ``oom`` is False: the caller knows the program
+        ended on its own) the OOM kill count."""
         if self.version == 2:
             base = self._node("memory", sandbox_id)
-            usec = _read_key(base / "cpu.stat", "usage_usec")
-            return Usage(_read_int(base / "memory.peak"), _read_key(base / "memory.events", "oom_kill"),
-                         None if usec is None else usec * 1000)
+            return Usage(_read_int(base / "memory.peak"),
+                         _read_key(base / "memory.events", "oom_kill") if oom else None, self.cpu_ns(sandbox_id))
         memory = self._node("memory", sandbox_id)
         return Usage(_read_int(memory / "memory.max_usage_in_bytes"),
-                     _read_key(memory / "memory.oom_control", "oom_kill"),
-                     _read_int(self._node("cpuacct", sandbox_id) / "cpuacct.usage"))
+                     _read_key(memory / "memory.oom_control", "oom_kill") if oom else None, self.cpu_ns(sandbox_id))
+
+    def cpu_ns(self, sandbox_id: str) -> int | None:
+        """CPU time the sandbox's tasks used so far, in nanoseconds."""
+        if self.version == 2:
+            usec = _read_key(self._node("cpu", sandbox_id) / "cpu.stat", "usage_usec")
+            return None if usec is None else usec * 1000
+        return _read_int(self._node("cpuacct", sandbox_id) / "cpuacct.usage")
 
     def remove(self, sandbox_id: str, *, wait_s: float = 2.0) -> None:
         """Remove the sandbox's cgroup(s) in every hierarchy; waits briefly while the last
