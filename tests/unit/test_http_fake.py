@@ -5,61 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import pathlib
 import shutil
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from orchestrator.executor import Executor
-from orchestrator.http.app import create_app
-from orchestrator.language import load_languages
 from orchestrator.runtime.fake import FakeRuntime
-from orchestrator.sandbox import SandboxHost
-from orchestrator.settings import Limits, Settings
+from orchestrator.settings import Limits
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 CONTRACT_KEYS = {"status", "stdout", "stderr", "exit_code", "detail", "time_used_ms", "memory_used_kb",
                  "resource_limit_type", "unauthorized_access_type", "runtime_error_type", "artifacts", "result"}
 
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-@pytest.fixture
-async def make_client(tmp_path):
-    clients = []
-
-    async def make(runtime=None, **settings_changes):
-        runtime = runtime or FakeRuntime()
-        settings = Settings(state_dir=tmp_path / "state", **settings_changes)
-        languages = load_languages([REPO / "languages"])
-        host = SandboxHost(runtime=runtime, cgroups=None, state_dir=settings.state_dir, uid=os_uid(), gid=os_gid(),
-                           bounded_workspace=False,
-                           limits=settings.limits)
-        executor = Executor(settings, languages, {name: tmp_path for name in languages}, host)
-        client = TestClient(TestServer(create_app(executor, max_request_bytes=settings.max_request_bytes)))
-        await client.start_server()
-        clients.append((client, executor))
-        return client
-
-    yield make
-    for client, executor in clients:
-        await client.close()
-        await executor.close()
-    leftovers = list((tmp_path / "state" / "sandboxes").glob("*"))
-    assert leftovers == []
-
-
-def os_uid() -> int:
-    """The fake runs programs as us; as root the spec still needs an unprivileged uid."""
-    return os.getuid() or 10001
-
-
-def os_gid() -> int:
-    return os.getgid() or 10001
 
 
 async def post(client, payload):

@@ -4,49 +4,19 @@ OpenAPI (validated against real responses), draining, and the guard's pure logic
 from __future__ import annotations
 
 import base64
-import os
-import pathlib
 
 import jsonschema
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from referencing import Registry, Resource
 
-from orchestrator.executor import Executor
-from orchestrator.http.app import STATE, create_app
+from orchestrator.http.app import STATE
 from orchestrator.http.guard import RateLimiter, token_matches
-from orchestrator.language import load_languages
-from orchestrator.runtime.fake import FakeRuntime
-from orchestrator.sandbox import SandboxHost
-from orchestrator.settings import Settings
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 HELLO = {"code_b64": base64.b64encode(b"def main():\n    return 'hi'\n").decode()}
 
 
-@pytest.fixture
-async def make_client(tmp_path):
-    made = []
-
-    async def make(**app_options):
-        settings = Settings(state_dir=tmp_path / "state")
-        host = SandboxHost(runtime=FakeRuntime(), cgroups=None, state_dir=settings.state_dir, uid=os.getuid() or 10001,
-                           gid=os.getgid() or 10001, limits=settings.limits, bounded_workspace=False)
-        executor = Executor(settings, load_languages([REPO / "languages"]), {"python": tmp_path, "nodejs": tmp_path},
-                            host)
-        client = TestClient(TestServer(create_app(executor, max_request_bytes=1 << 20, **app_options)))
-        await client.start_server()
-        made.append((client, executor))
-        return client
-
-    yield make
-    for client, executor in made:
-        await client.close()
-        await executor.close()
-
-
 async def test_token_required_on_run_and_status_only(make_client):
-    client = await make_client(api_token="s3cret")
+    client = await make_client(app_options={"api_token": "s3cret"})
     assert (await client.post("/run", json=HELLO)).status == 401
     assert (await client.get("/status")).status == 401
     assert (await client.post("/run", json=HELLO, headers={"Authorization": "Bearer wrong"})).status == 401
@@ -61,7 +31,7 @@ async def test_token_required_on_run_and_status_only(make_client):
 
 
 async def test_rate_limit_answers_429_with_the_contract_body(make_client):
-    client = await make_client(rate_limit=(2, 60.0))
+    client = await make_client(app_options={"rate_limit": (2, 60.0)})
     assert (await client.post("/run", json=HELLO)).status == 200
     assert (await client.post("/run", json=HELLO)).status == 200
     limited = await client.post("/run", json=HELLO)
