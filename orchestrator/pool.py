@@ -83,10 +83,13 @@ class SandboxPool:
             sandbox = self._ready.popleft()
             self._unwatch(sandbox)
             asyncio.get_running_loop().call_later(REFILL_DELAY_S, self._wake.set)
-            if sandbox.is_alive:
+            if not sandbox.is_alive:
+                self._discard(sandbox, "died while idle")
+            elif not sandbox.is_on_current_rootfs:
+                self._discard(sandbox, "its rootfs was rebuilt since it booted")
+            else:
                 self.taken += 1
                 return sandbox
-            self._discard(sandbox, "died while idle")
         self._wake.set()
         return None
 

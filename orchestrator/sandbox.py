@@ -81,7 +81,8 @@ class Sandbox:
         booted ahead for a pool, at a low CPU weight until it is handed a request."""
         self.id = new_sandbox_id(language.name)
         self.language = language
-        self.rootfs = rootfs
+        self.rootfs = rootfs  # may be the store's `current` link: resolved once, at boot
+        self.rootfs_tree = pathlib.Path(os.path.realpath(rootfs))
         self.host = host
         self.preload = preload and bool(language.preload)
         self.warm = warm
@@ -108,6 +109,11 @@ class Sandbox:
     def workspace_dir(self) -> pathlib.Path:
         assert self._dirs is not None
         return self._dirs.workspace
+
+    @property
+    def is_on_current_rootfs(self) -> bool:
+        """False once a rebuild switched the language's tree after this sandbox booted."""
+        return pathlib.Path(os.path.realpath(self.rootfs)) == self.rootfs_tree
 
     @property
     def is_alive(self) -> bool:
@@ -149,7 +155,7 @@ class Sandbox:
         runner_source = str(self.language.definition_dir) if self.language.runner else None
         cgroups = self.host.cgroups
         params = SpecParams(
-            rootfs=str(self.rootfs),
+            rootfs=str(self.rootfs_tree),
             args=tuple(self.language.process_args()),
             env=env,
             workspace_source=str(self._dirs.workspace),

@@ -33,7 +33,7 @@ from orchestrator.runtime.runsc import RunscInfo, RunscRuntime, probe_runsc
 from orchestrator.sandbox import Sandbox, SandboxHost
 from orchestrator.settings import Settings
 from rootfs_builder.errors import RootfsError
-from rootfs_builder.store import find_rootfs
+from rootfs_builder.store import CURRENT, TREE, find_rootfs
 from seccomp.profile import load_profile
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,10 @@ def resolve_rootfs(settings: Settings, languages: dict[str, Language]) -> dict[s
             resolved[name] = path.resolve()
             continue
         try:
-            resolved[name] = find_rootfs(settings.rootfs_dir, choice).path
+            # Checked now, but sandboxes get the store's `current` link: after a rebuild every new
+            # sandbox boots on the new tree without a restart (the builder keeps the previous one).
+            find_rootfs(settings.rootfs_dir, choice)
+            resolved[name] = settings.rootfs_dir / choice / CURRENT / TREE
         except RootfsError as exc:
             problems.append(f"{name}: {exc}")
     if problems:

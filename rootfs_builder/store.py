@@ -125,7 +125,8 @@ def write_manifest(directory: pathlib.Path, manifest: dict) -> None:
 
 
 def install_tree(language_dir: pathlib.Path, out_dir: pathlib.Path, hash16: str) -> pathlib.Path:
-    """Move out_dir (holding rootfs/ and manifest.json) to <hash16>, make it current, prune.
+    """Move out_dir (holding rootfs/ and manifest.json) to <hash16>, make it current, prune
+    all but it and the previous tree.
 
     If <hash16> is already current (a forced rebuild) the two directories are exchanged
     atomically and the old tree ends up at out_dir, to be removed with the work directory.
@@ -139,9 +140,12 @@ def install_tree(language_dir: pathlib.Path, out_dir: pathlib.Path, hash16: str)
         if final.exists() or final.is_symlink():
             remove_tree(final)
         os.rename(out_dir, final)
+    previous = current_hash(language_dir)
     switch_current(language_dir, hash16)
+    # The previous tree stays: sandboxes a running service booted on it keep working (the
+    # service boots new ones on `current`).  Anything older goes.
     for entry in language_dir.iterdir():
-        if HASH_DIR.fullmatch(entry.name) and entry.name != hash16:
+        if HASH_DIR.fullmatch(entry.name) and entry.name not in (hash16, previous):
             log.info("removing old tree %s", entry)
             remove_tree(entry)
     return final / TREE

@@ -183,3 +183,28 @@ async def test_executor_serves_warm_then_cold_when_pool_is_empty(host, tmp_path)
     finally:
         await executor.close()
     assert sandbox_dirs(host) == []
+
+
+async def test_members_booted_on_a_rebuilt_rootfs_are_not_handed_out(host, tmp_path):
+    """After a rebuild switches `current`, members booted on the old tree are replaced."""
+    (tmp_path / "tree-a").mkdir()
+    (tmp_path / "tree-b").mkdir()
+    current = tmp_path / "current"
+    current.symlink_to("tree-a")
+    language = LANGUAGES["python"]
+    pool = SandboxPool(Profile("python", False, 1), lambda: Sandbox(language, current, host, warm=True),
+                       boot_slots=asyncio.Semaphore(1))
+    pool.start()
+    try:
+        await pool.wait_ready(timeout=20)
+        assert pool._ready[0].rootfs_tree == tmp_path / "tree-a"
+        current.unlink()
+        current.symlink_to("tree-b")
+        assert pool.take() is None
+        assert pool.status()["replaced"] == 1
+        await pool.wait_ready(timeout=20)
+        fresh = pool.take()
+        assert fresh is not None and fresh.rootfs_tree == tmp_path / "tree-b"
+        await fresh.destroy()
+    finally:
+        await pool.close()

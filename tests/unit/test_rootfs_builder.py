@@ -393,8 +393,15 @@ def test_reimport_is_a_no_op_and_a_new_tarball_switches_current(tmp_path):
     assert second.action == "imported" and second.inputs_hash != first.inputs_hash
     language_dir = rootfs_dir / "python"
     assert os.readlink(language_dir / "current") == second.inputs_hash[:16]
-    assert {p.name for p in language_dir.iterdir()} == {".lock", second.inputs_hash[:16], "current"}
+    # the previous tree stays for sandboxes a running service booted on it
+    assert {p.name for p in language_dir.iterdir()} == {".lock", first.inputs_hash[:16], second.inputs_hash[:16],
+                                                        "current"}
     assert (store.find_rootfs(rootfs_dir, "python").path / "etc/motd").read_text() == "hi"
+
+    third = import_python(python_tarball(tmp_path / "c.tar", [("./etc/motd", "file", b"again")], "w"),
+                          rootfs_dir)
+    assert {p.name for p in language_dir.iterdir()} == {".lock", second.inputs_hash[:16], third.inputs_hash[:16],
+                                                        "current"}
 
 
 def test_a_tarball_without_the_interpreter_is_refused_and_leaves_nothing(tmp_path):
