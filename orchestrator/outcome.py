@@ -35,7 +35,7 @@ class RunRecord:
     stdout: bytes = b""
     stderr: bytes = b""
     timed_out: bool = False
-    output_exceeded: str | None = None  # "stdout" or "stderr"
+    output_exceeded: str | None = None  # "stdout", "stderr" or "result" (main()'s value too large)
     oom_killed: bool = False
     wall_ms: float = 0.0
     sandbox_ms: float | None = None  # the runner's own timing of the user's code
@@ -103,7 +103,8 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def classify(record: RunRecord, *, memory_limit_bytes: int, output_limit_bytes: int) -> dict:
+def classify(record: RunRecord, *, memory_limit_bytes: int, output_limit_bytes: int,
+             result_limit_bytes: int = 16 * 1024 * 1024) -> dict:
     """The CodeExecutionResult for ``record``."""
     usage = {
         "time_used_ms": round(record.wall_ms, 3),
@@ -118,9 +119,10 @@ def classify(record: RunRecord, *, memory_limit_bytes: int, output_limit_bytes: 
                               f"Memory limit exceeded (killed by OOM; limit {memory_limit_bytes // 1024**2} MiB)",
                               resource_limit_type="memory", **usage)
     if record.output_exceeded:
+        limit = result_limit_bytes if record.output_exceeded == "result" else output_limit_bytes
         return failure_result(
             "resource_limit_exceeded", EXIT_OUTPUT,
-            f"Output limit exceeded: {record.output_exceeded} passed {output_limit_bytes} bytes; the run was stopped",
+            f"Output limit exceeded: {record.output_exceeded} passed {limit} bytes; the run was stopped",
             resource_limit_type="output", detail=f"{record.output_exceeded}_limit_exceeded", **usage)
 
     code = record.exit_code if record.exit_code is not None else -1

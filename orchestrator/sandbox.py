@@ -36,11 +36,15 @@ from orchestrator.settings import Limits
 log = logging.getLogger(__name__)
 
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_FRAME_BYTES = 16 * 1024 * 1024  # the largest result main() may return, JSON-encoded
 KILL_WAIT_S = 5.0
 KILL_RETRY_S = 0.25
 BOOT_CPU_WEIGHT = 10  # a pool member booting ahead yields the CPU to sandboxes serving requests
 EXIT_GRACE_S = 2.0
+
+
+class FrameTooLargeError(ProtocolError):
+    """The runner's frame (main()'s result) is larger than MAX_FRAME_BYTES."""
 
 
 def new_sandbox_id(language: str) -> str:
@@ -212,8 +216,8 @@ class Sandbox:
         assert self._reader is not None
         try:
             line = await self._reader.readline()
-        except (ValueError, asyncio.LimitOverrunError) as exc:
-            raise ProtocolError(f"read control frame: {exc}", sandbox_id=self.id) from exc
+        except (ValueError, asyncio.LimitOverrunError) as exc:  # a frame over the reader's limit
+            raise FrameTooLargeError(f"read control frame: over {MAX_FRAME_BYTES} bytes", sandbox_id=self.id) from exc
         except ConnectionError:
             return None
         if not line:
@@ -317,7 +321,10 @@ class Sandbox:
                         # The sandbox exited: a frame it sent before is already in the socket.
                         await asyncio.wait({frame_task}, timeout=1.0)
                     if frame_task.done() and not frame_task.cancelled():
-                        frame = frame_task.result()
+                        try:
+                            frame = frame_task.result()
+                        except FrameTooLargeError:
+                            record.output_exceeded = "result"
                 if frame is not None and frame.get("type") == "done":
                     record.reported = self._reported = True
                     record.exit_code = int(frame.get("exit_code", 1))
@@ -327,7 +334,7 @@ class Sandbox:
                         record.sandbox_ms = float(frame["duration_ms"])
                 elif frame is not None:
                     raise ProtocolError(f"run: expected a done frame, got {frame['type']!r}", sandbox_id=self.id)
-                else:
+                elif record.output_exceeded is None:
                     record.exit_code = await self._process.wait()
         finally:
             for task in waiters.values():

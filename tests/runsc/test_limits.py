@@ -138,3 +138,11 @@ async def test_client_disconnect_mid_run_leaves_nothing(make_service):
     with pytest.raises(asyncio.CancelledError):
         await task
     # the fixture's teardown asserts no runsc state, cgroup, directory or process is left
+
+
+async def test_oversized_result_is_an_output_limit_not_an_internal_error(service):
+    result = await run(service, "def main():\n    return 'x' * (20 * 1024 * 1024)\n")
+    assert result["status"] == "resource_limit_exceeded", result["stderr"]
+    assert result["resource_limit_type"] == "output"
+    assert result["detail"] == "result_limit_exceeded"
+    assert "result passed" in result["stderr"] and result["result"] is None

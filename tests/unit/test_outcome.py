@@ -180,3 +180,11 @@ def test_time_used_is_filled_and_memory_null_when_unknown():
     assert body["time_used_ms"] == 0.0
     assert body["memory_used_kb"] is None
     assert isinstance(body["time_used_ms"], float)
+
+
+def test_oversized_result_names_the_result_limit():
+    body = classify(RunRecord(output_exceeded="result", wall_ms=5.0), memory_limit_bytes=1 << 28,
+                    output_limit_bytes=1 << 20, result_limit_bytes=16 << 20)
+    assert body["exit_code"] == -25 and body["resource_limit_type"] == "output"
+    assert body["stderr"].startswith(f"Output limit exceeded: result passed {16 << 20} bytes")
+    assert body["stdout"] == "" and body["result"] is None
