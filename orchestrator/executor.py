@@ -138,16 +138,17 @@ class Executor:
         pool = self.pools.get(self.route(language, request.source))
         try:
             sandbox = pool.take() if pool is not None else None
-            if sandbox is not None:
+            warm = sandbox is not None
+            if sandbox is None:
+                sandbox = Sandbox(language, self.rootfs[language.name], self.host)
+            self._active.add(sandbox)
+            if warm:
                 self.warm_starts += 1
             else:
                 self.cold_starts += 1
-                sandbox = Sandbox(language, self.rootfs[language.name], self.host)
-                self._active.add(sandbox)
                 await sandbox.boot()
                 if self.metrics is not None and sandbox.boot_ms is not None:
                     self.metrics.observe_boot(language.name, "cold", sandbox.boot_ms / 1000)
-            self._active.add(sandbox)
             job = Job(source=request.source.encode("utf-8"), arguments=request.arguments,
                       timeout_s=self.settings.limits.timeout_s, request_id=request.request_id)
             record = await sandbox.run(job)
