@@ -128,7 +128,8 @@ async def test_infinite_loop_times_out_promptly(make_service):
     assert result["exit_code"] == -124
     assert result["resource_limit_type"] == "time"
     assert result["stderr"] == "Execution timeout" and result["stdout"] == ""
-    assert 2.0 <= elapsed < 3.5, elapsed  # the limit, plus at most about a second
+    assert 2.0 <= result["time_used_ms"] / 1000 < 3.0, result  # the limit, then the kill
+    assert elapsed < 5.0, elapsed  # a cold boot (~0.3 s here, more on a busy host) + the limit + the kill
 
 
 async def test_300mb_allocation_is_oom(service):
