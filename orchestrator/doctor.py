@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from orchestrator.errors import ServiceError
-from orchestrator.host.cgroups import V1_CONTROLLERS, V2_CONTROLLERS, Cgroups, detect_version
+from orchestrator.host.cgroups import Cgroups
 from orchestrator.language import load_languages
 from orchestrator.host.firewall import NFT
 from orchestrator.runtime.argv import needs_netns_workaround
@@ -62,19 +62,12 @@ async def check_smoke(settings: Settings) -> Check:
 
 async def check_cgroups(settings: Settings, root: pathlib.Path = CGROUP_ROOT) -> Check:
     try:
-        version = detect_version(root)
-        if version == 1:
-            missing = [c for c in V1_CONTROLLERS if not (root / c).is_dir()]
-        else:
-            available = (root / "cgroup.controllers").read_text().split()
-            missing = [c for c in V2_CONTROLLERS if c not in available]
-        if missing:
-            return Check("cgroups", False, f"v{version}: controllers {missing} missing",
-                         "enable them (kernel cmdline / systemd Delegate=) and reboot")
-        Cgroups(root, settings.cgroup_parent).prepare()
-    except (ServiceError, OSError) as exc:
-        return Check("cgroups", False, str(exc), "run as root with a writable cgroup hierarchy")
-    return Check("cgroups", True, f"v{version}, parent /{settings.cgroup_parent} writable")
+        cgroups = Cgroups(root, settings.cgroup_parent)
+        cgroups.prepare()
+    except ServiceError as exc:
+        return Check("cgroups", False, str(exc), "run as root on a cgroup hierarchy with the memory, pids and cpu "
+                                                 "controllers (kernel cmdline / systemd Delegate=)")
+    return Check("cgroups", True, f"v{cgroups.version}, parent /{settings.cgroup_parent} writable")
 
 
 async def check_rootfs(settings: Settings) -> Check:

@@ -159,6 +159,9 @@ class Cgroups:
                     node.mkdir(exist_ok=True)
                 self._enable_controllers(node)
             else:
+                missing = [c for c in V1_CONTROLLERS if not (self.root / c).is_dir()]
+                if missing:
+                    raise HostError(f"prepare cgroups: v1 controllers {missing} are not mounted under {self.root}")
                 for directory in self._dirs(None):
                     directory.mkdir(parents=True, exist_ok=True)
             for path, value in self._limit_files(None, totals):
@@ -170,7 +173,7 @@ class Cgroups:
         available = (node / "cgroup.controllers").read_text().split()
         missing = set(V2_CONTROLLERS) - set(available)
         if missing:
-            raise HostError(f"prepare cgroups: controllers {sorted(missing)} are not available in {node}")
+            raise HostError(f"prepare cgroups: v2 controllers {sorted(missing)} are not available in {node}")
         (node / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in V2_CONTROLLERS))
 
     def remove_parent(self) -> None:

@@ -314,3 +314,15 @@ def test_v1_cleanup_covers_the_hierarchies_runsc_adds(tmp_path):
     cgroups.remove_parent()
     for controller in (*V1_CONTROLLERS, "freezer", "devices"):
         assert not (tmp_path / controller / "svc").exists(), controller
+
+
+def test_v1_prepare_refuses_a_hierarchy_without_our_controllers(tmp_path):
+    """A missing controller is a clear error, not a plain directory made on the cgroup tmpfs."""
+    from orchestrator.errors import HostError
+    from orchestrator.host.cgroups import Cgroups
+
+    for controller in ("memory", "cpu", "cpuacct"):
+        (tmp_path / controller).mkdir()
+    with pytest.raises(HostError, match=r"v1 controllers \['pids'\] are not mounted"):
+        Cgroups(tmp_path, "svc").prepare()
+    assert not (tmp_path / "pids").exists() and not (tmp_path / "memory" / "svc").exists()
