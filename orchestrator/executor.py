@@ -22,7 +22,7 @@ from orchestrator.errors import CapacityError
 from orchestrator.language import Language
 from orchestrator.metrics import Metrics
 from orchestrator.pool import Profile, SandboxPool
-from orchestrator.sandbox import MAX_FRAME_BYTES, Job, Sandbox, SandboxHost
+from orchestrator.sandbox import Job, Sandbox, SandboxHost
 from orchestrator.settings import Settings
 from orchestrator.static_check import CHECKERS, IMPORT_SCANNERS
 
@@ -129,13 +129,13 @@ class Executor:
         if issues:
             log.info("request=%s rejected by the static check (%d issues)", request.request_id, len(issues))
             return Execution(outcome.unsafe_code_result(issues))
+        pool = self.pools.get(self.route(language, request.source))
         try:
             await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
         except asyncio.TimeoutError:
             raise CapacityError(f"acquire sandbox: none free within {self.settings.queue_timeout_s:.0f} s") from None
         self.running += 1
         sandbox: Sandbox | None = None
-        pool = self.pools.get(self.route(language, request.source))
         try:
             sandbox = pool.take() if pool is not None else None
             warm = sandbox is not None
@@ -157,8 +157,7 @@ class Executor:
                     and has_candidates(sandbox.workspace_dir, exclude=exclude)):
                 record.artifacts = await asyncio.to_thread(collect_artifacts, sandbox.workspace_dir, exclude=exclude)
             result = outcome.classify(record, memory_limit_bytes=self.settings.limits.memory_bytes,
-                                      output_limit_bytes=self.settings.limits.output_bytes,
-                                      result_limit_bytes=MAX_FRAME_BYTES)
+                                      output_limit_bytes=self.settings.limits.output_bytes)
             log.info("request=%s sandbox=%s language=%s warm=%s status=%s exit_code=%s time_ms=%.0f cpu_ms=%s",
                      request.request_id, sandbox.id, language.name, sandbox.warm, result["status"],
                      result["exit_code"], record.wall_ms, None if record.cpu_ms is None else round(record.cpu_ms))

@@ -21,6 +21,7 @@ EXIT_UNSAFE = -999
 EXIT_BUSY = -10
 EXIT_INTERNAL = -3
 EXIT_RATE_LIMITED = -429
+RESULT_LIMIT_BYTES = 16 * 1024 * 1024  # the largest result main() may return, JSON-encoded
 
 
 @dataclass
@@ -104,7 +105,7 @@ def _signal_name(number: int) -> str:
 
 
 def classify(record: RunRecord, *, memory_limit_bytes: int, output_limit_bytes: int,
-             result_limit_bytes: int = 16 * 1024 * 1024) -> dict:
+             result_limit_bytes: int = RESULT_LIMIT_BYTES) -> dict:
     """The CodeExecutionResult for ``record``."""
     usage = {
         "time_used_ms": round(record.wall_ms, 3),

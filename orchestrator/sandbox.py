@@ -30,13 +30,13 @@ from orchestrator.errors import HostError, ProtocolError, RunscError, SandboxErr
 from orchestrator.host import workspace
 from orchestrator.host.cgroups import DEFAULT_CPU_WEIGHT, CgroupLimits, Cgroups
 from orchestrator.language import Language
-from orchestrator.outcome import RunRecord
+from orchestrator.outcome import RESULT_LIMIT_BYTES, RunRecord
 from orchestrator.settings import Limits
 
 log = logging.getLogger(__name__)
 
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-MAX_FRAME_BYTES = 16 * 1024 * 1024  # the largest result main() may return, JSON-encoded
+MAX_FRAME_BYTES = RESULT_LIMIT_BYTES  # a control frame carries at most main()'s result
 KILL_WAIT_S = 5.0
 KILL_RETRY_S = 0.25
 BOOT_CPU_WEIGHT = 10  # a pool member booting ahead yields the CPU to sandboxes serving requests
