@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import multiprocessing
 import pathlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from orchestrator import outcome
@@ -24,9 +26,11 @@ from orchestrator.metrics import Metrics
 from orchestrator.pool import Profile, SandboxPool
 from orchestrator.sandbox import Job, Sandbox, SandboxHost
 from orchestrator.settings import Settings
-from orchestrator.static_check import CHECKERS, IMPORT_SCANNERS
+from orchestrator.static_check import IMPORT_SCANNERS, analyze
 
 log = logging.getLogger(__name__)
+
+INLINE_ANALYSIS_BYTES = 8 * 1024  # larger sources are parsed in a worker process (~1 ms per KB)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Executor:
         self._boot_slots = asyncio.Semaphore(settings.pool_boot_parallelism)
         self._teardowns: set[asyncio.Task] = set()
         self.pools: dict[str, SandboxPool] = {}
+        self._analysis_pool: ProcessPoolExecutor | None = None
         self.metrics = metrics
         self._active: set[Sandbox] = set()
         self.running = 0
@@ -97,14 +102,33 @@ class Executor:
 
     def route(self, language: Language, source: str) -> str:
         """The pool profile for this code: ``preload`` when it imports a preloaded module."""
+        scanner = IMPORT_SCANNERS.get(language.static_check) if language.preload else None
+        return self._profile(language, scanner(source) if scanner else None)
+
+    @staticmethod
+    def _profile(language: Language, imported: frozenset[str] | None) -> str:
         if not language.preload:
             return profile_key(language.name, False)
-        scanner = IMPORT_SCANNERS.get(language.static_check)
-        imported = scanner(source) if scanner else None
         if imported is None:  # unknown: the preloaded sandbox serves any code
             return profile_key(language.name, True)
         preloaded = {module.partition(".")[0] for module in language.preload}
         return profile_key(language.name, bool(imported & preloaded))
+
+    async def analyze(self, language: Language, source: str) -> tuple[list[str], str]:
+        """(static-check issues, pool profile) of a request.  Parsing costs ~1 ms per KB of
+        source and holds the GIL, so code over INLINE_ANALYSIS_BYTES is analysed in a worker
+        process: a large body must not stall /healthz and every other request."""
+        checker = language.static_check if self.settings.enable_static_check and language.static_check != "none" \
+            else None
+        scanner = language.static_check if language.preload and language.static_check in IMPORT_SCANNERS else None
+        args = (checker, source + language.source_suffix, scanner, source)
+        if len(source) <= INLINE_ANALYSIS_BYTES:
+            issues, imported = analyze(*args)
+        else:
+            if self._analysis_pool is None:
+                self._analysis_pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            issues, imported = await asyncio.get_running_loop().run_in_executor(self._analysis_pool, analyze, *args)
+        return issues, self._profile(language, imported if scanner else None)
 
     def status(self) -> dict:
         return {
@@ -117,19 +141,13 @@ class Executor:
 
     # -- requests -------------------------------------------------------------------------
 
-    def static_issues(self, language: Language, source: str) -> list[str]:
-        if not self.settings.enable_static_check or language.static_check == "none":
-            return []
-        checked = source + language.source_suffix
-        return [issue.render() for issue in CHECKERS[language.static_check](checked)]
-
     async def execute(self, request: RunRequest) -> Execution:
         language = self.languages[request.language]
-        issues = self.static_issues(language, request.source)
+        issues, profile = await self.analyze(language, request.source)
         if issues:
             log.info("request=%s rejected by the static check (%d issues)", request.request_id, len(issues))
             return Execution(outcome.unsafe_code_result(issues))
-        pool = self.pools.get(self.route(language, request.source))
+        pool = self.pools.get(profile)
         try:
             await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
         except asyncio.TimeoutError:
@@ -188,6 +206,8 @@ class Executor:
         pending teardown."""
         await asyncio.gather(*(sandbox.destroy() for sandbox in list(self._active)), return_exceptions=True)
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
+        if self._analysis_pool is not None:
+            self._analysis_pool.shutdown(wait=False, cancel_futures=True)
         while self._teardowns:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*list(self._teardowns))

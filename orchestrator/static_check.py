@@ -38,6 +38,7 @@ quote style and whitespace, also with the ``node:`` prefix or a subpath (``fs/pr
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -178,6 +179,14 @@ IMPORT_SCANNERS: Mapping[str, Callable[[str], frozenset[str] | None]] = types.Ma
     {"python": imported_modules, "nodejs": required_modules}
 )
 
+def analyze(checker: str | None, checked: str, scanner: str | None, scanned: str) -> tuple[list[str], frozenset[str] | None]:
+    """One request's whole analysis, picklable for a worker process: the rendered issues of
+    ``CHECKERS[checker]`` on ``checked`` (none without a checker) and the modules
+    ``IMPORT_SCANNERS[scanner]`` finds in ``scanned`` (None without a scanner or when unknown)."""
+    issues = [issue.render() for issue in CHECKERS[checker](checked)] if checker else []
+    return issues, (IMPORT_SCANNERS[scanner](scanned) if scanner else None)
+
+
 CHECKERS: Mapping[str, Callable[[str], list[Issue]]] = types.MappingProxyType(
     {"python": check_python, "nodejs": check_nodejs}
 )
@@ -189,7 +198,12 @@ def _is_dangerous_module(name: str) -> bool:
     return any(".".join(parts[:i]) in DANGEROUS_MODULES for i in range(1, len(parts) + 1))
 
 
+@functools.lru_cache(maxsize=2)
 def _parse(code: str) -> ast.Module | Issue:
+    """The tree of ``code`` (never mutated by its readers), or the parse error as an Issue.
+
+    Cached for the last two sources: a request's code is checked and then scanned for
+    imports (to pick its pool), and would otherwise be parsed twice on the hot path."""
     try:
         return ast.parse(code)
     # The parser reports very deep nesting as RecursionError or MemoryError, and NUL bytes as

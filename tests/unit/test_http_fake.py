@@ -118,3 +118,24 @@ async def test_malformed_json_is_422_json(make_client):
     assert response.status == 422
     body = await response.json()
     assert body["detail"][0]["type"] == "json_invalid"
+
+
+async def test_a_huge_source_is_analysed_off_the_event_loop(make_client):
+    """Parsing megabytes of code takes seconds; the event loop (which serves /healthz and every
+    other request) must not stall meanwhile, and the verdict must be the same as for small code."""
+    client = await make_client(max_request_bytes=8 * 1024 * 1024)
+    huge = "values = [1, 2, 3]\n" * 60_000 + "import subprocess\n"
+    loop = asyncio.get_running_loop()
+    run = asyncio.create_task(post(client, {"code_b64": b64(huge)}))
+    worst_lag, health_checks = 0.0, 0
+    while not run.done():
+        before = loop.time()
+        await asyncio.sleep(0.05)
+        worst_lag = max(worst_lag, loop.time() - before - 0.05)
+        if not run.done():
+            assert (await client.get("/healthz")).status == 200
+            health_checks += 1
+    status, body = await run
+    assert status == 200 and body["exit_code"] == -999
+    assert body["stderr"] == "Line 60001: Import: subprocess"
+    assert health_checks >= 5 and worst_lag < 0.5, (health_checks, worst_lag)
