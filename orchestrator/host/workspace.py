@@ -91,8 +91,8 @@ def create_sandbox_dirs(state_dir: pathlib.Path, sandbox_id: str, uid: int, gid:
 def write_workspace_file(dirs: SandboxDirs, name: str, data: bytes) -> None:
     """Put a file the program reads (its source, its arguments) into the workspace, read-only."""
     path = dirs.workspace / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
     try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
     except OSError as exc:
