@@ -20,7 +20,7 @@ import pathlib
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bundles.spec import SpecParams, build_spec
 from bundles.validate import SpecError, validate_spec
@@ -72,7 +72,6 @@ class SandboxHost:
     gid: int
     limits: Limits
     boot_timeout_s: float = 60.0
-    extra_env: dict[str, str] = field(default_factory=dict)
     seccomp: dict | None = None  # the spec's linux.seccomp, enforced by runsc --oci-seccomp
     bounded_workspace: bool = True  # a size-limited tmpfs per workspace (needs root)
     network: object | None = None  # egress mode: host.netns.SandboxNetworks; None: runsc's own empty netns
@@ -155,7 +154,7 @@ class Sandbox:
 
     def _spec(self, extra_env: dict[str, str]) -> dict:
         assert self._dirs is not None
-        env = {**BASE_ENV, **self.language.env, **self.host.extra_env, **extra_env}
+        env = {**BASE_ENV, **self.language.env, **extra_env}
         runner_source = str(self.language.definition_dir) if self.language.runner else None
         cgroups = self.host.cgroups
         params = SpecParams(

@@ -305,9 +305,6 @@ class Settings:
         """Size of a pool profile (``python``, ``python_preload``): its own variable or the default."""
         return self.pool_sizes.get(profile_key, self.pool_size)
 
-    def replace(self, **changes) -> "Settings":
-        return dataclasses.replace(self, **changes)
-
 
 def _parse_cgroup_name(name: str, value: str) -> str:
     text = value.strip().strip("/")

@@ -27,7 +27,6 @@ class FakeRuntime:
     started: list[str] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
     fail_start: bool = False
-    extra_env: dict[str, str] = field(default_factory=dict)
     _processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
 
     @staticmethod
@@ -56,7 +55,6 @@ class FakeRuntime:
             raise RunscError("start sandbox: fake failure", sandbox_id=sandbox_id)
         spec = json.loads((bundle / "config.json").read_text())
         args, cwd, env = self._host_argv(spec)
-        env.update(self.extra_env)
         process = await asyncio.create_subprocess_exec(
             *args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True)
         self.started.append(sandbox_id)
