@@ -2,9 +2,12 @@
 
 Knows nothing about HTTP.  Each request gets a sandbox nobody has used: a warm one from the
 pool its code routes to (a language's ``plain`` pool, or its ``preload`` pool when the code
-imports one of the preloaded modules), or, when that pool is empty, one booted on the spot
-(cold).  The sandbox is torn down in the background after the answer is ready; its slot is
-held until then, so teardown counts against the concurrency cap and cannot pile up.
+imports one of the preloaded modules), or, when that pool is empty, one started on the spot:
+restored from the profile's snapshot image when there is one (``orchestrator.snapshot``),
+else booted (without the preload).  Every start, on demand or for a pool, passes the start
+gate (``orchestrator.admission``), requests first.  The sandbox is torn down in the
+background after the answer is ready; its slot is held until then, so teardown counts
+against the concurrency cap and cannot pile up.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import functools
 import logging
 import multiprocessing
 import pathlib
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from orchestrator import outcome
+from orchestrator.admission import REQUEST, StartGate
 from orchestrator.artifacts import collect_artifacts, has_candidates
 from orchestrator.errors import CapacityError
 from orchestrator.language import Language
@@ -26,6 +31,8 @@ from orchestrator.metrics import Metrics
 from orchestrator.pool import Profile, SandboxPool
 from orchestrator.sandbox import Job, Sandbox, SandboxHost
 from orchestrator.settings import Settings
+from orchestrator.snapshot import ProfileSpec, SnapshotStore
+from orchestrator.start import Restore
 from orchestrator.static_check import IMPORT_SCANNERS, analyze
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ class Execution:
     result: dict
     sandbox_id: str | None = None
     warm: bool = False
+    start: str | None = None  # warm (from a pool), restored or booted (on demand)
     sandbox_ms: float | None = None  # the runner's own account of the user's code
     cpu_ms: float | None = None  # CPU time of the run, from the sandbox's cgroup
 
@@ -65,6 +73,9 @@ class Executor:
         self.host = host
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._boot_slots = asyncio.Semaphore(settings.pool_boot_parallelism)
+        self.start_gate = StartGate(settings.start_parallelism)
+        self.snapshots: SnapshotStore | None = None  # set by the service
+        self.runsc_status: Callable[[], dict] = dict  # what the installed runsc is and can do (the service)
         self._teardowns: set[asyncio.Task] = set()
         self.pools: dict[str, SandboxPool] = {}
         self._analysis_pool: ProcessPoolExecutor | None = None
@@ -73,32 +84,46 @@ class Executor:
         self.running = 0
         self.cold_starts = 0
         self.warm_starts = 0
+        self.restored_starts = 0
 
     # -- pools ----------------------------------------------------------------------------
 
+    def profiles(self) -> list[ProfileSpec]:
+        """Every pool profile: each language that boots ahead, plain and with its preload."""
+        return [ProfileSpec(profile_key(language.name, preload), language.name, preload)
+                for language in self.languages.values() if language.can_boot_ahead
+                for preload in ((False, True) if language.preload else (False,))]
+
     def start_pools(self) -> None:
         """Create and start a pool per profile whose size is above zero."""
-        for language in self.languages.values():
-            if not language.can_boot_ahead:
+        for profile in self.profiles():
+            size = self.settings.pool_size_for(profile.key)
+            if size <= 0:
                 continue
-            for preload in (False, True) if language.preload else (False,):
-                key = profile_key(language.name, preload)
-                size = self.settings.pool_size_for(key)
-                if size <= 0:
-                    continue
-                on_boot = None
-                if self.metrics is not None:
-                    on_boot = functools.partial(self.metrics.observe_boot, key, "warm")
-                pool = SandboxPool(Profile(language.name, preload, size), self._factory(language, preload),
-                                   boot_slots=self._boot_slots, max_age_s=self.settings.pool_max_age_s,
-                                   on_boot=on_boot)
-                self.pools[key] = pool
-                pool.start()
+            on_boot = None
+            if self.metrics is not None:
+                on_boot = functools.partial(self.metrics.observe_boot, profile.key, "warm")
+            pool = SandboxPool(Profile(profile.language, profile.preload, size), self._factory(profile),
+                               boot_slots=self._boot_slots, max_age_s=self.settings.pool_max_age_s,
+                               on_boot=on_boot, start_gate=self.start_gate)
+            self.pools[profile.key] = pool
+            pool.start()
 
-    def _factory(self, language: Language, preload: bool):
+    def _factory(self, profile: ProfileSpec):
+        language = self.languages[profile.language]
+
         def make() -> Sandbox:
-            return Sandbox(language, self.rootfs[language.name], self.host, preload=preload, warm=True)
+            lease = self.snapshots.lease(profile.key) if self.snapshots is not None else None
+            return Sandbox(language, self.rootfs[language.name], self.host, preload=profile.preload, warm=True,
+                           start=Restore(lease) if lease is not None else None)
         return make
+
+    def snapshot_sandbox(self, profile: ProfileSpec, lease) -> Sandbox:
+        """For the snapshot store: a sandbox of ``profile`` to checkpoint (``lease`` None) or
+        restored from the image being proven."""
+        language = self.languages[profile.language]
+        return Sandbox(language, self.rootfs[language.name], self.host, preload=profile.preload,
+                       start=Restore(lease) if lease is not None else None)
 
     def route(self, language: Language, source: str) -> str:
         """The pool profile for this code: ``preload`` when it imports a preloaded module."""
@@ -133,10 +158,15 @@ class Executor:
     def status(self) -> dict:
         return {
             "running": self.running,
+            "runsc": self.runsc_status(),
             "max_concurrency": self.settings.max_concurrency,
             "warm_starts": self.warm_starts,
             "cold_starts": self.cold_starts,
+            "restored_starts": self.restored_starts,
+            "starts": self.start_gate.status(),
+            "capacity": self.settings.capacity_status(),
             "pools": {key: pool.status() for key, pool in sorted(self.pools.items())},
+            "snapshots": self.snapshots.status() if self.snapshots is not None else None,
         }
 
     # -- requests -------------------------------------------------------------------------
@@ -158,15 +188,21 @@ class Executor:
             sandbox = pool.take() if pool is not None else None
             warm = sandbox is not None
             if sandbox is None:
-                sandbox = Sandbox(language, self.rootfs[language.name], self.host)
+                lease = self.snapshots.lease(profile) if self.snapshots is not None else None
+                sandbox = Sandbox(language, self.rootfs[language.name], self.host,
+                                  start=Restore(lease) if lease is not None else None)
             self._active.add(sandbox)
             if warm:
                 self.warm_starts += 1
             else:
-                self.cold_starts += 1
-                await sandbox.boot()
+                if sandbox.start_kind == "restored":
+                    self.restored_starts += 1
+                else:
+                    self.cold_starts += 1
+                async with self.start_gate.slot(REQUEST):
+                    await sandbox.boot()
                 if self.metrics is not None and sandbox.boot_ms is not None:
-                    self.metrics.observe_boot(language.name, "cold", sandbox.boot_ms / 1000)
+                    self.metrics.observe_boot(profile, sandbox.start_kind, sandbox.boot_ms / 1000)
             job = Job(source=request.source.encode("utf-8"), arguments=request.arguments,
                       timeout_s=self.settings.limits.timeout_s, request_id=request.request_id)
             record = await sandbox.run(job)
@@ -176,11 +212,12 @@ class Executor:
                 record.artifacts = await asyncio.to_thread(collect_artifacts, sandbox.workspace_dir, exclude=exclude)
             result = outcome.classify(record, memory_limit_bytes=self.settings.limits.memory_bytes,
                                       output_limit_bytes=self.settings.limits.output_bytes)
-            log.info("request=%s sandbox=%s language=%s warm=%s status=%s exit_code=%s time_ms=%.0f cpu_ms=%s",
-                     request.request_id, sandbox.id, language.name, sandbox.warm, result["status"],
+            log.info("request=%s sandbox=%s language=%s start=%s status=%s exit_code=%s time_ms=%.0f cpu_ms=%s",
+                     request.request_id, sandbox.id, language.name, "warm" if warm else sandbox.start_kind,
+                     result["status"],
                      result["exit_code"], record.wall_ms, None if record.cpu_ms is None else round(record.cpu_ms))
             return Execution(result, sandbox_id=sandbox.id, warm=sandbox.warm, sandbox_ms=record.sandbox_ms,
-                             cpu_ms=record.cpu_ms)
+                             cpu_ms=record.cpu_ms, start="warm" if warm else sandbox.start_kind)
         finally:
             self.running -= 1
             self._active.discard(sandbox)
@@ -206,6 +243,8 @@ class Executor:
         pending teardown."""
         await asyncio.gather(*(sandbox.destroy() for sandbox in list(self._active)), return_exceptions=True)
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
+        if self.snapshots is not None:
+            await self.snapshots.close()
         if self._analysis_pool is not None:
             self._analysis_pool.shutdown(wait=False, cancel_futures=True)
         while self._teardowns:

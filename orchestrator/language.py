@@ -35,7 +35,7 @@ _FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDERS = ("{runner}", "{source}")
 _KEYS = {"name", "rootfs", "argv", "protocol", "runner", "source_file", "source_suffix", "static_check",
-         "preload", "env", "description"}
+         "preload", "env", "description", "snapshot", "snapshot_note"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class Language:
     preload: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    snapshot: bool = True  # may its sandboxes be restored from a snapshot (the runner reseeds on resume)?
+    snapshot_note: str = ""  # why not, when not
 
     @property
     def source_path(self) -> str:
@@ -130,6 +132,14 @@ def load_language(path: pathlib.Path) -> Language:
     suffix = data.get("source_suffix", "")
     if not isinstance(suffix, str):
         raise fail("'source_suffix' must be a string")
+    snapshot = data.get("snapshot", protocol == "runner")
+    if not isinstance(snapshot, bool):
+        raise fail("'snapshot' must be true or false")
+    if snapshot and protocol != "runner":
+        raise fail("'snapshot' needs protocol 'runner' (a runner that answers 'resume')")
+    snapshot_note = data.get("snapshot_note", "")
+    if not isinstance(snapshot_note, str):
+        raise fail("'snapshot_note' must be a string")
     return Language(
         name=name,
         rootfs=rootfs,
@@ -143,6 +153,8 @@ def load_language(path: pathlib.Path) -> Language:
         preload=tuple(preload),
         env=dict(sorted(env.items())),
         description=str(data.get("description", "")),
+        snapshot=snapshot,
+        snapshot_note=snapshot_note,
     )
 
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator.admission import REFILL, StartGate
 from orchestrator.errors import ServiceError
 from orchestrator.sandbox import Sandbox
 
@@ -50,8 +51,10 @@ class Profile:
 
 class SandboxPool:
     def __init__(self, profile: Profile, factory: Callable[[], Sandbox], *, boot_slots: asyncio.Semaphore,
-                 max_age_s: float = 1800.0, on_boot: Callable[[float], None] | None = None):
+                 max_age_s: float = 1800.0, on_boot: Callable[[float], None] | None = None,
+                 start_gate: StartGate | None = None):
         self.profile = profile
+        self._start_gate = start_gate
         self._factory = factory
         self._boot_slots = boot_slots
         self._max_age_s = max_age_s
@@ -65,6 +68,7 @@ class SandboxPool:
         self._background: set[asyncio.Task] = set()
         self.last_error: str | None = None
         self.boots = 0
+        self.restores = 0
         self.failures = 0
         self.taken = 0
         self.replaced = 0
@@ -108,6 +112,7 @@ class SandboxPool:
             "ready": len(self._ready),
             "booting": self._booting,
             "boots": self.boots,
+            "restores": self.restores,
             "boot_failures": self.failures,
             "taken": self.taken,
             "replaced": self.replaced,
@@ -165,7 +170,11 @@ class SandboxPool:
             async with self._boot_slots:
                 sandbox = self._factory()
                 try:
-                    await sandbox.boot()
+                    if self._start_gate is not None:
+                        async with self._start_gate.slot(REFILL):
+                            await sandbox.boot()
+                    else:
+                        await sandbox.boot()
                 except ServiceError as exc:
                     self.failures += 1
                     self.last_error = str(exc)
@@ -176,7 +185,10 @@ class SandboxPool:
         if self._closing:
             await sandbox.destroy()
             return True
-        self.boots += 1
+        if sandbox.start_kind == "restored":
+            self.restores += 1
+        else:
+            self.boots += 1
         self.last_error = None
         if sandbox.boot_ms is not None:
             self.boot_ms.append(sandbox.boot_ms)

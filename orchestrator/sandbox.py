@@ -1,6 +1,7 @@
-"""One sandbox's whole life: prepare, boot, run exactly one request, destroy.
+"""One sandbox's whole life: prepare, start, run exactly one request, destroy.
 
-A sandbox is a ``runsc run`` of the language's argv over the shared read-only rootfs, with
+A sandbox is a ``runsc run`` of the language's argv over the shared read-only rootfs (or a
+``runsc restore`` of a snapshot of one: ``orchestrator.start`` holds what differs), with
 its own workspace, cgroup and bundle.  Its stdin is one end of a socketpair (the control
 channel of the runner protocol), its stdout and stderr are pipes we read with a cap.  Every
 side effect is registered on an ``AsyncExitStack`` right after it is done, so ``destroy``
@@ -32,6 +33,7 @@ from orchestrator.host.cgroups import DEFAULT_CPU_WEIGHT, CgroupLimits, Cgroups
 from orchestrator.language import Language
 from orchestrator.outcome import RESULT_LIMIT_BYTES, RunRecord
 from orchestrator.settings import Limits
+from orchestrator.start import Boot, Restore
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +79,54 @@ class SandboxHost:
     network: object | None = None  # egress mode: host.netns.SandboxNetworks; None: runsc's own empty netns
 
 
+def sandbox_spec(language: Language, host: SandboxHost, rootfs_tree: pathlib.Path, extra_env: dict[str, str], *,
+                 workspace: str, cgroups_path: str, netns_path: str | None, sandbox_id: str) -> dict:
+    """The validated OCI config of a sandbox (pure: the snapshot store builds it with
+    placeholders for the per-sandbox fields, as part of an image's key)."""
+    params = SpecParams(
+        rootfs=str(rootfs_tree),
+        args=tuple(language.process_args()),
+        env={**BASE_ENV, **language.env, **extra_env},
+        workspace_source=workspace,
+        runner_source=str(language.definition_dir) if language.runner else None,
+        cgroups_path=cgroups_path,
+        memory_bytes=host.limits.memory_bytes,
+        pids=host.limits.pids,
+        tmp_bytes=host.limits.tmp_bytes,
+        uid=host.uid,
+        gid=host.gid,
+        seccomp=host.seccomp,
+        netns_path=netns_path,
+        annotations={"dev.gvisor-sandbox.language": language.name},
+    )
+    spec = build_spec(params)
+    try:
+        validate_spec(spec)
+    except SpecError as exc:
+        raise SandboxError(f"build spec: {exc}", sandbox_id=sandbox_id) from exc
+    return spec
+
+
 class Sandbox:
     def __init__(self, language: Language, rootfs: pathlib.Path, host: SandboxHost, *, preload: bool = False,
-                 warm: bool = False):
+                 warm: bool = False, start: Boot | Restore | None = None):
         """``preload``: import the language's preload list before reporting ready.  ``warm``:
-        booted ahead for a pool, at a low CPU weight until it is handed a request."""
+        started ahead for a pool, at a low CPU weight until it is handed a request.
+        ``start``: how it starts (default: booted); a restored sandbox runs on the tree and
+        with the preload of its image."""
         self.id = new_sandbox_id(language.name)
         self.language = language
+        self._start = start or Boot()
+        image = self._start.image
         self.rootfs = rootfs  # may be the store's `current` link: resolved once, at boot
-        self.rootfs_tree = pathlib.Path(os.path.realpath(rootfs))
+        self.rootfs_tree = image.rootfs_tree if image is not None else pathlib.Path(os.path.realpath(rootfs))
         self.host = host
-        self.preload = preload and bool(language.preload)
+        self.preload = (image.preload if image is not None else preload) and bool(language.preload)
         self.warm = warm
         self.booted_at: float | None = None
         self.boot_ms: float | None = None
         self.preload_errors: dict = {}
+        self.reseeded: list | None = None  # what a restored runner reseeded on resume
         self._stack = contextlib.AsyncExitStack()
         self._dirs: workspace.SandboxDirs | None = None
         self._net = None  # host.netns.SandboxNet in egress mode
@@ -119,13 +154,19 @@ class Sandbox:
         return pathlib.Path(os.path.realpath(self.rootfs)) == self.rootfs_tree
 
     @property
+    def start_kind(self) -> str:
+        """``booted`` or ``restored``."""
+        return self._start.kind
+
+    @property
     def is_alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
     # -- boot -----------------------------------------------------------------------------
 
     async def boot(self) -> None:
-        """Prepare the host side; for the runner protocol also start it and wait until ready."""
+        """Prepare the host side; for the runner protocol also start it (boot or restore) and
+        wait until ready."""
         started = time.monotonic()
         try:
             size = self.host.limits.workspace_bytes if self.host.bounded_workspace else None
@@ -142,47 +183,33 @@ class Sandbox:
                 self._net = await asyncio.to_thread(self.host.network.create, self.id)
                 self._stack.push_async_callback(asyncio.to_thread, self.host.network.remove, self._net)
             if self.language.can_boot_ahead:
-                env = {"SANDBOX_PRELOAD": ",".join(self.language.preload)} if self.preload else {}
-                await self._launch(env)
+                await self._launch(self.boot_env())
                 await self._await_ready()
         except BaseException:
             await self.destroy()
             raise
+        finally:
+            self._start.finish()
         self.booted_at = time.monotonic()
         self.boot_ms = (self.booted_at - started) * 1000
         log.debug("sandbox=%s booted in %.0f ms preload=%s", self.id, self.boot_ms, self.preload)
 
-    def _spec(self, extra_env: dict[str, str]) -> dict:
+    def boot_env(self) -> dict[str, str]:
+        """What the runner is started with beyond the language's env (part of a snapshot's key:
+        a restore must see the spec its image was checkpointed with)."""
+        return {"SANDBOX_PRELOAD": ",".join(self.language.preload)} if self.preload else {}
+
+    def spec(self, extra_env: dict[str, str]) -> dict:
         assert self._dirs is not None
-        env = {**BASE_ENV, **self.language.env, **extra_env}
-        runner_source = str(self.language.definition_dir) if self.language.runner else None
         cgroups = self.host.cgroups
-        params = SpecParams(
-            rootfs=str(self.rootfs_tree),
-            args=tuple(self.language.process_args()),
-            env=env,
-            workspace_source=str(self._dirs.workspace),
-            runner_source=runner_source,
-            cgroups_path=cgroups.cgroups_path(self.id) if cgroups else f"/gvisor-sandbox/{self.id}",
-            memory_bytes=self.host.limits.memory_bytes,
-            pids=self.host.limits.pids,
-            tmp_bytes=self.host.limits.tmp_bytes,
-            uid=self.host.uid,
-            gid=self.host.gid,
-            seccomp=self.host.seccomp,
-            netns_path=self._net.path if self._net is not None else None,
-            annotations={"dev.gvisor-sandbox.language": self.language.name},
-        )
-        spec = build_spec(params)
-        try:
-            validate_spec(spec)
-        except SpecError as exc:
-            raise SandboxError(f"build spec: {exc}", sandbox_id=self.id) from exc
-        return spec
+        return sandbox_spec(self.language, self.host, self.rootfs_tree, extra_env,
+                            workspace=str(self._dirs.workspace),
+                            cgroups_path=cgroups.cgroups_path(self.id) if cgroups else f"/gvisor-sandbox/{self.id}",
+                            netns_path=self._net.path if self._net is not None else None, sandbox_id=self.id)
 
     async def _launch(self, extra_env: dict[str, str]) -> None:
         assert self._dirs is not None
-        write_bundle(self._dirs.bundle, self._spec(extra_env))
+        write_bundle(self._dirs.bundle, self.spec(extra_env))
         child_ends: list[int] = []
         try:
             if self.language.can_boot_ahead:
@@ -200,9 +227,10 @@ class Sandbox:
             self._stack.callback(self._stdout.close)
             self._stderr = Capture(err_r, self.host.limits.output_bytes)
             self._stack.callback(self._stderr.close)
-            self._process = await self.host.runtime.start(
-                self.id, self._dirs.bundle, self._dirs.log_file,
-                stdin=child_ends[0], stdout=out_w, stderr=err_w)
+            # A script-protocol program is started for its request: always booted.
+            start = self._start if ours is not None else Boot()
+            self._process = await start.launch(self.host.runtime, self.id, self._dirs.bundle, self._dirs.log_file,
+                                               stdin=child_ends[0], stdout=out_w, stderr=err_w)
             self._stack.push_async_callback(self._stop)
         finally:
             for fd in child_ends:
@@ -229,9 +257,16 @@ class Sandbox:
             raise ProtocolError("decode control frame: not an object with a type", sandbox_id=self.id)
         return frame
 
+    async def _send_frame(self, frame: dict) -> None:
+        assert self._writer is not None
+        self._writer.write(json.dumps(frame, ensure_ascii=False).encode("utf-8") + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await self._writer.drain()
+
     async def _await_ready(self) -> None:
         try:
-            frame = await asyncio.wait_for(self._read_frame(), self.host.boot_timeout_s)
+            frame = await asyncio.wait_for(self._start.handshake(self._send_frame, self._read_frame),
+                                           self.host.boot_timeout_s)
         except asyncio.TimeoutError:
             raise SandboxError(f"boot: not ready within {self.host.boot_timeout_s:.0f} s", sandbox_id=self.id) from None
         if frame is None:
@@ -240,6 +275,7 @@ class Sandbox:
         if frame["type"] != "ready":
             raise ProtocolError(f"boot: expected a ready frame, got {frame['type']!r}", sandbox_id=self.id)
         self.preload_errors = frame.get("preload_errors") or {}
+        self.reseeded = frame.get("reseeded")
         if self.preload_errors:
             log.warning("sandbox=%s preload failed for %s", self.id, self.preload_errors)
 
@@ -280,12 +316,8 @@ class Sandbox:
                 if self.warm:
                     self.host.cgroups.set_cpu_weight(self.id, DEFAULT_CPU_WEIGHT)
                 self._cpu_ns_before_run = self.host.cgroups.cpu_ns(self.id)
-            request = {"type": "run", "source": source_name, "arguments": job.arguments,
-                       "code": (job.source + self.language.source_suffix.encode("utf-8")).decode("utf-8")}
-            assert self._writer is not None
-            self._writer.write(json.dumps(request, ensure_ascii=False).encode("utf-8") + b"\n")
-            with contextlib.suppress(ConnectionError):
-                await self._writer.drain()
+            await self._send_frame({"type": "run", "source": source_name, "arguments": job.arguments,
+                                    "code": (job.source + self.language.source_suffix.encode("utf-8")).decode("utf-8")})
         else:
             arguments = json.dumps(job.arguments, ensure_ascii=False)
             workspace.write_workspace_file(self._dirs, "arguments.json", arguments.encode("utf-8"))
@@ -396,6 +428,14 @@ class Sandbox:
             await process.wait()
             await self.host.runtime.delete(self.id)
 
+    async def checkpoint(self, image_dir: pathlib.Path, *, uncompressed: bool = True) -> None:
+        """Save this ready, never used sandbox into ``image_dir``; it exits and is then of no
+        further use (destroy it)."""
+        if self._used or not self.is_alive:
+            raise SandboxError("checkpoint: only a ready, unused sandbox can be saved", sandbox_id=self.id)
+        self._used = True
+        await self.host.runtime.checkpoint(self.id, image_dir, uncompressed=uncompressed)
+
     async def _stop(self) -> None:
         process = self._process
         if process is not None and process.returncode is None and self._reported:
@@ -405,6 +445,8 @@ class Sandbox:
         await self._kill()
         if self._writer is not None:
             self._writer.close()
+        await self._start.release(self.host.runtime, self.id)
+        self.host.runtime.reap_orphans()
 
     async def destroy(self) -> None:
         """Undo everything ``boot`` and ``run`` did; safe to call more than once."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import pathlib
 import shutil
 from dataclasses import dataclass
@@ -28,10 +29,12 @@ from orchestrator.host import firewall, netns, workspace
 from orchestrator.host.cgroups import CgroupLimits, Cgroups
 from orchestrator.language import Language, load_languages
 from orchestrator.metrics import Metrics
-from orchestrator.runtime.argv import RunscConfig, needs_netns_workaround
+from orchestrator.runtime.argv import RunscConfig, global_flags, needs_netns_workaround
+from orchestrator.runtime.reaper import become_subreaper
 from orchestrator.runtime.runsc import RunscInfo, RunscRuntime, probe_runsc
-from orchestrator.sandbox import Sandbox, SandboxHost
+from orchestrator.sandbox import Sandbox, SandboxHost, sandbox_spec
 from orchestrator.settings import Settings
+from orchestrator.snapshot import SNAPSHOTS_DIR, KeyInputs, ProfileSpec, SnapshotStore, digest_file, file_identity
 from rootfs_builder.errors import RootfsError
 from rootfs_builder.store import CURRENT, TREE, find_rootfs
 from seccomp.profile import load_profile
@@ -102,6 +105,72 @@ def resolve_rootfs(settings: Settings, languages: dict[str, Language]) -> dict[s
     if problems:
         raise HostError("resolve rootfs: " + "; ".join(problems))
     return resolved
+
+
+def snapshot_off_reasons(settings: Settings, info: RunscInfo | None, languages: dict[str, Language],
+                         profiles: list[ProfileSpec]) -> dict[str, str]:
+    """Why a profile does not use snapshots (no entry: it does, once its image is made)."""
+    reason = None
+    if settings.snapshots == "off":
+        reason = "SANDBOX_SNAPSHOTS=off"
+    elif info is None:
+        reason = "no real runsc (an injected runtime)"
+    elif not info.checkpoints_uncompressed:
+        reason = (f"runsc {info.version} cannot checkpoint without compression (a restore would cost ~0.9 s, "
+                  "more than a boot): install runsc 20240729 or later for snapshots")
+    off = {}
+    for profile in profiles:
+        language = languages[profile.language]
+        if reason is not None:
+            off[profile.key] = reason
+        elif not language.snapshot:
+            off[profile.key] = f"language {language.name}: {language.snapshot_note or 'snapshot = false'}"
+    return off
+
+
+def make_snapshot_store(settings: Settings, info: RunscInfo | None, runtime, executor: Executor) -> SnapshotStore:
+    """The store of per-profile images under ``<state>/snapshots``, keyed as its docstring says."""
+    profiles = executor.profiles()
+    languages = executor.languages
+    off = snapshot_off_reasons(settings, info, languages, profiles)
+
+    def rootfs_tree(profile: ProfileSpec) -> pathlib.Path:
+        return pathlib.Path(os.path.realpath(executor.rootfs[profile.language]))
+
+    language_digests = {}
+    for name, language in languages.items():
+        files = [language.definition_dir / "language.toml"]
+        if language.runner:
+            files.append(language.definition_dir / language.runner)
+        language_digests[name] = [digest_file(path) for path in files if path.is_file()]
+
+    def profile_parts(profile: ProfileSpec) -> dict:
+        language = languages[profile.language]
+        tree = rootfs_tree(profile)
+        env = {"SANDBOX_PRELOAD": ",".join(language.preload)} if profile.preload and language.preload else {}
+        host = executor.host
+        spec = sandbox_spec(language, host, tree, env, workspace="/placeholder/workspace",
+                            cgroups_path="/placeholder/cgroup",
+                            netns_path="/placeholder/netns" if host.network is not None else None,
+                            sandbox_id="placeholder")
+        return {"language": language_digests[profile.language], "rootfs": list(file_identity(tree)), "spec": spec}
+
+    inputs = None
+    if info is not None and isinstance(runtime, RunscRuntime):
+        flags = [flag for flag in global_flags(runtime.config) if not flag.startswith(("--root=", "--debug"))]
+        flags.append(f"netns-workaround={runtime.config.netns_workaround}")
+        inputs = KeyInputs(info.binary, info.version, flags, profile_parts)
+    return SnapshotStore(settings.state_dir / SNAPSHOTS_DIR, profiles, inputs, executor.snapshot_sandbox, rootfs_tree,
+                         off=off)
+
+
+def runsc_status(info: RunscInfo | None, settings: Settings, store: SnapshotStore | None) -> dict:
+    """What the installed runsc is and can do (``/status``, ``doctor``)."""
+    if info is None:
+        return {"binary": None, "version": None}
+    return {"binary": str(info.binary), "version": info.version, "platform": settings.runsc.platform,
+            "checkpoint_uncompressed": info.checkpoints_uncompressed,
+            "restore_new_id_new_stdio": store.restore_proven if store is not None else None}
 
 
 def sandbox_networks(settings: Settings) -> netns.SandboxNetworks:
@@ -225,6 +294,8 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
             raise RunscError(f"SANDBOX_ENABLE_SECCOMP: runsc {info.version} has no --oci-seccomp flag")
         runtime = RunscRuntime(config)
         log.info("runsc %s at %s, platform %s", info.version, info.binary, settings.runsc.platform)
+        # `runsc restore` orphans its helpers when it exits; adopt and reap them (runtime.reaper).
+        become_subreaper()
     try:
         settings.state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
     except OSError as exc:
@@ -261,6 +332,12 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
                  "on" if network.netns_workaround else "off", network.probe)
     metrics = Metrics()
     executor = Executor(settings, languages, rootfs, host, metrics=metrics)
+    store = make_snapshot_store(settings, info, runtime, executor)
+    executor.snapshots = store
+    executor.runsc_status = lambda: runsc_status(info, settings, store)
+    store.start()
     executor.start_pools()
+    log.info("capacity: %s", ", ".join(f"{name} {entry['value']} ({entry['source']})"
+                                       for name, entry in settings.capacity_status().items()))
     return Service(settings=settings, runsc=info, runtime=runtime, cgroups=cgroups, languages=languages,
                    rootfs=rootfs, executor=executor, metrics=metrics, network=network)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import pathlib
 import re
 import shutil
@@ -155,6 +156,50 @@ class EgressSettings:
 
 
 @dataclass(frozen=True)
+class HostCapacity:
+    """What the defaults of concurrency, pools and start parallelism are derived from."""
+
+    cpus: int
+    memory_bytes: int
+
+    @classmethod
+    def detect(cls) -> "HostCapacity":
+        """The CPUs this process may run on and the host's memory."""
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        return cls(cpus=max(1, cpus), memory_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def derive_capacity(host: HostCapacity, sandbox_memory_bytes: int, total_memory_bytes: int | None) -> dict[str, int]:
+    """Defaults that scale with the host (each one applies only when its variable is unset):
+
+    - ``max_concurrency``: 4 per CPU (a run mostly waits: for its sandbox to start, for I/O,
+      for the client), at most what the sandboxes' memory budget holds at their limit;
+    - ``start_parallelism``: one start (boot or restore) per CPU: a start keeps one busy;
+    - ``pool_boot_parallelism``: half the CPUs boot pool members, so requests keep the rest;
+    - ``pool_size``: one warm sandbox per CPU and profile, at most 8.
+    """
+    budget = total_memory_bytes or int(host.memory_bytes * 0.8)
+    by_memory = max(1, budget // max(1, sandbox_memory_bytes))
+    return {
+        "max_concurrency": max(1, min(256, 4 * host.cpus, by_memory)),
+        "start_parallelism": max(1, min(64, host.cpus)),
+        "pool_boot_parallelism": max(1, min(32, host.cpus // 2)),
+        "pool_size": max(1, min(8, host.cpus)),
+    }
+
+
+CAPACITY_VARIABLES = {
+    "max_concurrency": "SANDBOX_MAX_CONCURRENCY",
+    "start_parallelism": "SANDBOX_START_PARALLELISM",
+    "pool_boot_parallelism": "SANDBOX_POOL_BOOT_PARALLELISM",
+    "pool_size": "SANDBOX_EXECUTOR_MANAGER_POOL_SIZE",
+}
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 9385
@@ -163,6 +208,10 @@ class Settings:
     pool_boot_parallelism: int = 2
     pool_max_age_s: float = 1800.0
     max_concurrency: int = 8
+    start_parallelism: int = 2  # sandbox starts (boots, restores) at once, requests before refills
+    snapshots: str = "auto"  # SANDBOX_SNAPSHOTS: auto (where runsc and the language allow) or off
+    capacity: HostCapacity | None = None  # what derived defaults came from (None: fixed defaults)
+    derived: tuple[str, ...] = ()  # which of CAPACITY_VARIABLES' fields were derived, not set
     queue_timeout_s: float = 10.0
     boot_timeout_s: float = 60.0
     max_request_bytes: int = 10 * 1024**2
@@ -191,8 +240,10 @@ class Settings:
         return "Settings(" + ", ".join(f"{f.name}={getattr(shown, f.name)!r}" for f in dataclasses.fields(self)) + ")"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "Settings":
-        """Build settings from an environment mapping; unknown variables are ignored."""
+    def from_env(cls, env: Mapping[str, str], capacity: HostCapacity | None = None) -> "Settings":
+        """Build settings from an environment mapping; unknown variables are ignored.
+        Concurrency, pool sizes and start parallelism that are not set are derived from
+        ``capacity`` (default: this host's CPUs and memory, ``derive_capacity``)."""
         default = cls()
 
         def get(name: str) -> str | None:
@@ -257,18 +308,28 @@ class Settings:
             if match and value.strip():
                 pool_sizes[match.group(1).lower()] = parse_int(name, value, minimum=0, maximum=64)
 
+        capacity = capacity or HostCapacity.detect()
+        total_memory_bytes = read("SANDBOX_TOTAL_MEMORY", parse_size, default.total_memory_bytes)
+        derived = derive_capacity(capacity, limits.memory_bytes, total_memory_bytes)
+        derived_names = tuple(name for name, variable in CAPACITY_VARIABLES.items() if get(variable) is None)
         settings = cls(
+            capacity=capacity,
+            derived=derived_names,
+            start_parallelism=read("SANDBOX_START_PARALLELISM", lambda n, v: parse_int(n, v, minimum=1, maximum=256),
+                                   derived["start_parallelism"]),
+            snapshots=read("SANDBOX_SNAPSHOTS", lambda n, v: parse_choice(n, v, ("auto", "off")), default.snapshots),
             host=read("SANDBOX_EXECUTOR_MANAGER_HOST", parse_host, default.host),
             port=read("SANDBOX_EXECUTOR_MANAGER_PORT", lambda n, v: parse_int(n, v, minimum=1, maximum=65535),
                       default.port),
             pool_size=read("SANDBOX_EXECUTOR_MANAGER_POOL_SIZE",
-                           lambda n, v: parse_int(n, v, minimum=0, maximum=64), default.pool_size),
+                           lambda n, v: parse_int(n, v, minimum=0, maximum=64), derived["pool_size"]),
             pool_sizes=pool_sizes,
             pool_boot_parallelism=read("SANDBOX_POOL_BOOT_PARALLELISM",
-                                       lambda n, v: parse_int(n, v, minimum=1, maximum=32), default.pool_boot_parallelism),
+                                       lambda n, v: parse_int(n, v, minimum=1, maximum=32),
+                                       derived["pool_boot_parallelism"]),
             pool_max_age_s=read("SANDBOX_POOL_MAX_AGE", parse_duration, default.pool_max_age_s),
             max_concurrency=read("SANDBOX_MAX_CONCURRENCY", lambda n, v: parse_int(n, v, minimum=1, maximum=256),
-                                 default.max_concurrency),
+                                 derived["max_concurrency"]),
             queue_timeout_s=read("SANDBOX_QUEUE_TIMEOUT", parse_duration, default.queue_timeout_s),
             boot_timeout_s=read("SANDBOX_BOOT_TIMEOUT", parse_duration, default.boot_timeout_s),
             max_request_bytes=read("SANDBOX_MAX_REQUEST_SIZE", parse_size, default.max_request_bytes),
@@ -281,7 +342,7 @@ class Settings:
             languages_dirs=languages_dirs,
             base_images=base_images,
             cgroup_parent=read("SANDBOX_CGROUP_PARENT", _parse_cgroup_name, default.cgroup_parent),
-            total_memory_bytes=read("SANDBOX_TOTAL_MEMORY", parse_size, default.total_memory_bytes),
+            total_memory_bytes=total_memory_bytes,
             total_cpus=read("SANDBOX_TOTAL_CPUS", lambda n, v: parse_float(n, v, minimum=0.1, maximum=4096),
                             default.total_cpus),
             sandbox_uid=read("SANDBOX_UID", lambda n, v: parse_int(n, v, minimum=1, maximum=2**31 - 2),
@@ -300,6 +361,14 @@ class Settings:
         if settings.total_memory_bytes is not None and settings.total_memory_bytes < limits.memory_bytes:
             raise ConfigError("SANDBOX_TOTAL_MEMORY: smaller than SANDBOX_MAX_MEMORY, so no sandbox could run")
         return settings
+
+    def capacity_status(self) -> dict:
+        """The values in effect of what scales with the host, and where each came from."""
+        host = self.capacity
+        origin = f"derived from {host.cpus} CPUs and {host.memory_bytes / 1024**3:.1f} GiB" if host else "default"
+        return {name: {"value": getattr(self, name), "variable": variable,
+                       "source": origin if name in self.derived else "set"}
+                for name, variable in CAPACITY_VARIABLES.items()}
 
     def pool_size_for(self, profile_key: str) -> int:
         """Size of a pool profile (``python``, ``python_preload``): its own variable or the default."""

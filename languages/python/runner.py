@@ -2,10 +2,15 @@
 
 Protocol (one JSON object per line on fd 0, a socket to the service):
   runner -> service  {"type": "ready", "preload_errors": {module: error}}
+  service -> runner  {"type": "resume"}             (only to a sandbox restored from a snapshot)
+  runner -> service  {"type": "ready", "preload_errors": {...}, "reseeded": [generator, ...]}
   service -> runner  {"type": "run", "source": file name in the working directory, "code": its text
                       (optional), "arguments": {...}}
   runner -> service  {"type": "done", "exit_code": n, "returned": bool, "result_json": str|null,
                       "duration_ms": float}
+A snapshot is taken while the runner waits for its request, so every sandbox restored from it
+is a clone of that process: ``resume`` reseeds, from fresh entropy, every generator seeded
+before the checkpoint (``_reseed``) before any user code can draw from one.
 User code never sees the control socket on a standard stream: fd 0 becomes /dev/null before
 the user's module is loaded, and the result travels on that socket, not on stdout, so
 printing a fake result marker cannot forge ``result``.
@@ -108,6 +113,28 @@ def _preload(modules):
     return errors
 
 
+def _reseed():
+    """Reseed what the process seeded before a checkpoint; return the names of what was."""
+    reseeded = []
+    random = sys.modules.get("random")
+    if random is not None:
+        random.seed()  # from os.urandom: the kernel's entropy, fresh in every restored sandbox
+        reseeded.append("random")
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()  # the legacy global RandomState behind numpy.random.rand() and friends
+        reseeded.append("numpy.random")
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None and hasattr(tempfile, "_name_sequence"):
+        tempfile._name_sequence = None  # its own Random, made on first use
+        reseeded.append("tempfile")
+    ssl = sys.modules.get("_ssl")
+    if ssl is not None:
+        ssl.RAND_add(os.urandom(48), 48.0)  # OpenSSL's DRBG state is part of the snapshot too
+        reseeded.append("ssl")
+    return reseeded
+
+
 def _print_user_traceback(exc):
     """The exception as Python would print it, without this runner's own frames."""
     import traceback
@@ -175,8 +202,12 @@ def serve():
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(encoding="utf-8", errors="backslashreplace")
     preload = [name for name in os.environ.get(PRELOAD_ENV, "").split(",") if name]
-    _send(ctl, {"type": "ready", "preload_errors": _preload(preload)})
+    preload_errors = _preload(preload)
+    _send(ctl, {"type": "ready", "preload_errors": preload_errors})
     request = _receive(ctl)
+    while request.get("type") == "resume":
+        _send(ctl, {"type": "ready", "preload_errors": preload_errors, "reseeded": _reseed()})
+        request = _receive(ctl)
     started = time.monotonic()
     exit_code, returned, result_json = _run(request)
     duration_ms = (time.monotonic() - started) * 1000.0

@@ -130,6 +130,8 @@ async def run(request: web.Request) -> web.Response:
     if execution.sandbox_id is not None:
         response.headers["X-Sandbox-Id"] = execution.sandbox_id
         response.headers["X-Sandbox-Warm"] = "1" if execution.warm else "0"
+    if execution.start is not None:
+        response.headers["X-Sandbox-Start"] = execution.start
     if execution.sandbox_ms is not None:
         response.headers["X-Sandbox-Run-Ms"] = f"{execution.sandbox_ms:.3f}"
     if execution.cpu_ms is not None:

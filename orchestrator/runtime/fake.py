@@ -16,6 +16,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 
@@ -26,8 +27,11 @@ from orchestrator.errors import RunscError
 class FakeRuntime:
     started: list[str] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
+    checkpointed: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
     fail_start: bool = False
     _processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    _relays: set = field(default_factory=set)
 
     @staticmethod
     def _host_argv(spec: dict) -> tuple[list[str], str, dict[str, str]]:
@@ -60,6 +64,57 @@ class FakeRuntime:
         self.started.append(sandbox_id)
         self._processes[sandbox_id] = process
         return process
+
+    async def checkpoint(self, sandbox_id: str, image_dir: pathlib.Path, *, uncompressed: bool = True) -> None:
+        """A stand-in image: the process is not saved, only that it was checkpointed; it then
+        exits, as a checkpointed sandbox does."""
+        self.checkpointed.append(sandbox_id)
+        (image_dir / "fake-image.json").write_text(json.dumps({"sandbox": sandbox_id}))
+        await self.kill(sandbox_id)
+
+    async def restore(self, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path, image_dir: pathlib.Path, *,
+                      stdin: int, stdout: int, stderr: int) -> asyncio.subprocess.Process:
+        """Boot the runner afresh and hide its own "ready": to the caller it looks like a runner
+        restored while waiting for its request (it answers ``resume`` with "ready")."""
+        if not (image_dir / "fake-image.json").is_file():
+            raise RunscError(f"restore sandbox: no image in {image_dir}", sandbox_id=sandbox_id)
+        inner, outer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        caller = socket.socket(fileno=os.dup(stdin))
+        try:
+            process = await self.start(sandbox_id, bundle, log_file, stdin=inner.fileno(), stdout=stdout, stderr=stderr)
+        finally:
+            inner.close()
+        self.restored.append(sandbox_id)
+        task = asyncio.get_running_loop().create_task(self._relay(outer, caller))
+        self._relays.add(task)
+        task.add_done_callback(self._relays.discard)
+        return process
+
+    @staticmethod
+    async def _relay(runner: socket.socket, caller: socket.socket) -> None:
+        """Drop the runner's first frame, then copy both ways until either side closes."""
+        runner_reader, runner_writer = await asyncio.open_unix_connection(sock=runner)
+        caller_reader, caller_writer = await asyncio.open_unix_connection(sock=caller)
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while chunk := await reader.read(1 << 16):
+                    writer.write(chunk)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+
+        try:
+            await runner_reader.readline()
+            await asyncio.gather(pump(runner_reader, caller_writer), pump(caller_reader, runner_writer))
+        finally:
+            runner_writer.close()
+            caller_writer.close()
+
+    def reap_orphans(self) -> int:
+        return 0
 
     async def kill(self, sandbox_id: str) -> None:
         self.killed.append(sandbox_id)

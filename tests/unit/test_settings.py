@@ -8,11 +8,13 @@ import pathlib
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.settings import Settings, parse_bool, parse_duration, parse_size
+from orchestrator.settings import HostCapacity, Settings, parse_bool, parse_duration, parse_size
+
+SMALL_HOST = HostCapacity(cpus=1, memory_bytes=8 * 1024**3)
 
 
 def test_defaults_from_an_empty_environment():
-    settings = Settings.from_env({})
+    settings = Settings.from_env({}, SMALL_HOST)
     assert settings.port == 9385
     assert settings.host == "127.0.0.1"
     assert settings.limits.memory_bytes == 256 * 1024**2
@@ -23,6 +25,36 @@ def test_defaults_from_an_empty_environment():
     assert settings.runsc.network == "none"
     assert settings.base_images == {}
     assert settings.api_token is None
+    assert settings.snapshots == "auto"
+
+
+@pytest.mark.parametrize(("cpus", "memory_gib", "expected"), [
+    (1, 8, {"max_concurrency": 4, "start_parallelism": 1, "pool_boot_parallelism": 1, "pool_size": 1}),
+    (2, 24, {"max_concurrency": 8, "start_parallelism": 2, "pool_boot_parallelism": 1, "pool_size": 2}),
+    (16, 64, {"max_concurrency": 64, "start_parallelism": 16, "pool_boot_parallelism": 8, "pool_size": 8}),
+    # memory caps concurrency: 80% of 2 GiB holds six sandboxes at the default 256m limit
+    (16, 2, {"max_concurrency": 6, "start_parallelism": 16, "pool_boot_parallelism": 8, "pool_size": 8}),
+])
+def test_capacity_defaults_scale_with_the_host(cpus, memory_gib, expected):
+    settings = Settings.from_env({}, HostCapacity(cpus=cpus, memory_bytes=memory_gib * 1024**3))
+    assert {name: getattr(settings, name) for name in expected} == expected
+    status = settings.capacity_status()
+    assert all(entry["source"].startswith(f"derived from {cpus} CPUs") for entry in status.values())
+
+
+def test_capacity_variables_override_the_derived_defaults():
+    settings = Settings.from_env({"SANDBOX_MAX_CONCURRENCY": "3", "SANDBOX_START_PARALLELISM": "5",
+                                  "SANDBOX_EXECUTOR_MANAGER_POOL_SIZE": "0"}, HostCapacity(cpus=16, memory_bytes=64 * 1024**3))
+    assert (settings.max_concurrency, settings.start_parallelism, settings.pool_size) == (3, 5, 0)
+    status = settings.capacity_status()
+    assert status["max_concurrency"] == {"value": 3, "variable": "SANDBOX_MAX_CONCURRENCY", "source": "set"}
+    assert status["pool_boot_parallelism"]["source"].startswith("derived")
+
+
+def test_snapshots_setting():
+    assert Settings.from_env({"SANDBOX_SNAPSHOTS": "off"}).snapshots == "off"
+    with pytest.raises(ConfigError, match="SANDBOX_SNAPSHOTS"):
+        Settings.from_env({"SANDBOX_SNAPSHOTS": "sometimes"})
 
 
 def test_blank_values_mean_the_default():
