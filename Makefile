@@ -11,7 +11,10 @@ PIDFILE     := $(RUN_DIR)/service.pid
 LOGFILE     ?= /var/log/gvisor-sandbox.log
 ENV_FILE    ?= .env
 PORT        ?= $(or $(SANDBOX_EXECUTOR_MANAGER_PORT),9385)
-APT_PACKAGES := runsc mmdebstrap nftables
+APT_PACKAGES := mmdebstrap nftables
+# bookworm's own runsc (0.0~20221219), extracted by `make setup` for the compatibility tests
+RUNSC_COMPAT_DIR ?= .cache/runsc-compat
+RUNSC_COMPAT := $(RUNSC_COMPAT_DIR)/usr/bin/runsc
 # Loads the env file (upstream's SANDBOX_* names) into the shell of a recipe line.
 LOAD_ENV    := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a; export SANDBOX_ROOTFS_DIR="$${SANDBOX_ROOTFS_DIR:-$(ROOTFS_DIR)}";
 
@@ -22,7 +25,8 @@ CONF_DIR    ?= /etc/gvisor-sandbox
 
 all: setup build start test  ## set up, build the rootfs, start the service, run the tests
 
-setup:  ## install runsc, mmdebstrap (npm, systemd-analyze if missing) and the Python environment
+setup:  ## install runsc (bookworm-backports on bookworm), mmdebstrap (npm, systemd-analyze if missing) and the Python environment
+	@PYTHON=$(PYTHON) tools/setup-runsc.sh $(RUNSC_COMPAT_DIR)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \

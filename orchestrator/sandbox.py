@@ -229,9 +229,19 @@ class Sandbox:
             self._stack.callback(self._stderr.close)
             # A script-protocol program is started for its request: always booted.
             start = self._start if ours is not None else Boot()
-            self._process = await start.launch(self.host.runtime, self.id, self._dirs.bundle, self._dirs.log_file,
-                                               stdin=child_ends[0], stdout=out_w, stderr=err_w)
+            # The stop is registered first and the spawn is not cut short by a cancellation:
+            # a runsc whose spawn was interrupted would run on untracked, and a restored
+            # container keep its state.
             self._stack.push_async_callback(self._stop)
+            launch = asyncio.ensure_future(start.launch(self.host.runtime, self.id, self._dirs.bundle,
+                                                        self._dirs.log_file, stdin=child_ends[0], stdout=out_w,
+                                                        stderr=err_w))
+            try:
+                self._process = await asyncio.shield(launch)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    self._process = await launch
+                raise
         finally:
             for fd in child_ends:
                 os.close(fd)
@@ -449,10 +459,25 @@ class Sandbox:
         self.host.runtime.reap_orphans()
 
     async def destroy(self) -> None:
-        """Undo everything ``boot`` and ``run`` did; safe to call more than once."""
+        """Undo everything ``boot`` and ``run`` did; safe to call more than once.
+
+        A cancellation (a closing pool, a disconnecting client) does not cut the teardown
+        short: it finishes, then the cancellation goes on.  Cut short, a restored sandbox
+        would keep its runsc state (the delete comes last) and a booted one its processes."""
         if self._destroyed:
             return
         self._destroyed = True
+        teardown = asyncio.ensure_future(self._teardown())
+        cancelled = False
+        while not teardown.done():
+            try:
+                await asyncio.shield(teardown)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _teardown(self) -> None:
         try:
             await self._stack.aclose()
         except (SandboxError, HostError, OSError) as exc:

@@ -34,7 +34,7 @@ from orchestrator.runtime.reaper import become_subreaper
 from orchestrator.runtime.runsc import RunscInfo, RunscRuntime, probe_runsc
 from orchestrator.sandbox import Sandbox, SandboxHost, sandbox_spec
 from orchestrator.settings import Settings
-from orchestrator.snapshot import SNAPSHOTS_DIR, KeyInputs, ProfileSpec, SnapshotStore, digest_file, file_identity
+from orchestrator.snapshot import KeyInputs, ProfileSpec, SnapshotStore, digest_file, file_identity
 from rootfs_builder.errors import RootfsError
 from rootfs_builder.store import CURRENT, TREE, find_rootfs
 from seccomp.profile import load_profile
@@ -160,8 +160,7 @@ def make_snapshot_store(settings: Settings, info: RunscInfo | None, runtime, exe
         flags = [flag for flag in global_flags(runtime.config) if not flag.startswith(("--root=", "--debug"))]
         flags.append(f"netns-workaround={runtime.config.netns_workaround}")
         inputs = KeyInputs(info.binary, info.version, flags, profile_parts)
-    return SnapshotStore(settings.state_dir / SNAPSHOTS_DIR, profiles, inputs, executor.snapshot_sandbox, rootfs_tree,
-                         off=off)
+    return SnapshotStore(settings.snapshots_path, profiles, inputs, executor.snapshot_sandbox, rootfs_tree, off=off)
 
 
 def runsc_status(info: RunscInfo | None, settings: Settings, store: SnapshotStore | None) -> dict:

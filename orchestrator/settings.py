@@ -220,6 +220,7 @@ class Settings:
     runsc: RunscSettings = field(default_factory=RunscSettings)
     egress: EgressSettings = field(default_factory=EgressSettings)
     state_dir: pathlib.Path = pathlib.Path("/run/gvisor-sandbox")
+    snapshot_dir: pathlib.Path | None = None  # SANDBOX_SNAPSHOT_DIR; None: <state_dir>/snapshots
     rootfs_dir: pathlib.Path = pathlib.Path("/var/lib/gvisor-sandbox/rootfs")
     languages_dirs: tuple[pathlib.Path, ...] = (_SOURCE_ROOT / "languages",)
     base_images: Mapping[str, str] = field(default_factory=dict)
@@ -338,6 +339,7 @@ class Settings:
             runsc=runsc,
             egress=egress,
             state_dir=read("SANDBOX_STATE_DIR", parse_path, default.state_dir),
+            snapshot_dir=read("SANDBOX_SNAPSHOT_DIR", parse_path, None),
             rootfs_dir=read("SANDBOX_ROOTFS_DIR", parse_path, default.rootfs_dir),
             languages_dirs=languages_dirs,
             base_images=base_images,
@@ -369,6 +371,11 @@ class Settings:
         return {name: {"value": getattr(self, name), "variable": variable,
                        "source": origin if name in self.derived else "set"}
                 for name, variable in CAPACITY_VARIABLES.items()}
+
+    @property
+    def snapshots_path(self) -> pathlib.Path:
+        """Where snapshot images live (one service per directory: it removes what it does not use)."""
+        return self.snapshot_dir or self.state_dir / "snapshots"
 
     def pool_size_for(self, profile_key: str) -> int:
         """Size of a pool profile (``python``, ``python_preload``): its own variable or the default."""

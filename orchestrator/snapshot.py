@@ -46,10 +46,14 @@ from orchestrator.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-SNAPSHOTS_DIR = "snapshots"
 MAKING_PREFIX = ".making-"
 META = "image.json"
 RETRY_S = 300.0
+# A profile keeps booting only when a restore is clearly slower than a boot: near parity (a plain
+# Python: ~0.2 s either way on an idle host) a restore still costs less CPU (135 vs 160 ms
+# measured here, teardown included), which is what counts under load.
+SLOWER_FACTOR = 1.5
+PROOF_RESTORES = 2  # the second one reads the image from the page cache, as every later one does
 
 
 @dataclass(frozen=True)
@@ -343,7 +347,8 @@ class SnapshotStore:
             shutil.rmtree(work, ignore_errors=True)
             raise
         state.make_ms = (time.monotonic() - started) * 1000
-        if image.restore_ms is not None and image.boot_ms is not None and image.restore_ms >= image.boot_ms:
+        if image.restore_ms is not None and image.boot_ms is not None and \
+                image.restore_ms > SLOWER_FACTOR * image.boot_ms:
             shutil.rmtree(final, ignore_errors=True)
             state.failed_key, state.failed_at = key, time.monotonic()
             self._set(state, "slower", f"a restore took {image.restore_ms:.0f} ms, a boot {image.boot_ms:.0f} ms: "
@@ -368,18 +373,21 @@ class SnapshotStore:
         return sandbox.boot_ms
 
     async def _prove(self, profile: ProfileSpec, image: Image) -> float | None:
-        """Restore one sandbox from ``image`` (new id, new stdio, resume handshake); its time."""
-        lease = Lease(image, lambda _: None)
-        sandbox = self._make_sandbox(profile, lease)
-        try:
-            await sandbox.boot()
-        except ServiceError:
-            self.restore_proven = False
-            raise
-        finally:
-            await sandbox.destroy()
+        """Restore sandboxes from ``image`` (new id, new stdio, resume handshake); the last
+        one's time."""
+        restore_ms = None
+        for _ in range(PROOF_RESTORES):
+            sandbox = self._make_sandbox(profile, Lease(image, lambda _: None))
+            try:
+                await sandbox.boot()
+            except ServiceError:
+                self.restore_proven = False
+                raise
+            finally:
+                await sandbox.destroy()
+            restore_ms = sandbox.boot_ms
         self.restore_proven = True
-        return sandbox.boot_ms
+        return restore_ms
 
     @staticmethod
     def _write_meta(directory: pathlib.Path, image: Image) -> None:

@@ -13,6 +13,8 @@ import uuid
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+SESSION = uuid.uuid4().hex[:6]  # in the names of this session's cgroups, apart from other sessions' on a dev box
+TEST_CGROUP_PREFIX = "gvisor-sandbox-test-"
 ROOTFS_DIR = pathlib.Path(os.environ.get("SANDBOX_ROOTFS_DIR", "/var/lib/gvisor-sandbox/rootfs"))
 
 
@@ -21,7 +23,7 @@ def runsc_unusable_reason() -> str | None:
     """Why real-runsc tests cannot run here, or None when they can."""
     if os.geteuid() != 0:
         return "needs root"
-    runsc = shutil.which("runsc")
+    runsc = os.environ.get("SANDBOX_RUNSC") or shutil.which("runsc")
     if runsc is None:
         return "runsc is not installed (apt-get install runsc)"
     for language in ("python", "nodejs"):
@@ -56,28 +58,43 @@ def test_env(tmp_path) -> dict[str, str]:
     return {
         "SANDBOX_STATE_DIR": str(tmp_path / "state"),
         "SANDBOX_ROOTFS_DIR": str(ROOTFS_DIR),
-        "SANDBOX_CGROUP_PARENT": f"gvisor-sandbox-test-{uuid.uuid4().hex[:8]}",
+        "SANDBOX_CGROUP_PARENT": f"{TEST_CGROUP_PREFIX}{SESSION}-{uuid.uuid4().hex[:8]}",
         "SANDBOX_TIMEOUT": "3s",
         "SANDBOX_QUEUE_TIMEOUT": "60s",
         "SANDBOX_EXECUTOR_MANAGER_POOL_SIZE": "0",
+        # the compatibility run (`make test`) points the whole suite at another runsc build
+        **({"SANDBOX_RUNSC": os.environ["SANDBOX_RUNSC"]} if os.environ.get("SANDBOX_RUNSC") else {}),
     }
 
 
-def _host_footprint() -> set[str]:
+def _is_other_session(text: str, basetemp: pathlib.Path) -> bool:
+    """A test cgroup or a runsc root of another pytest session running on this host, or a
+    benchmark's cgroup (the benchmark checks its own leftovers)."""
+    if text.startswith("gvisor-sandbox-bench-"):
+        return True
+    if text.startswith(TEST_CGROUP_PREFIX):
+        return not text.startswith(f"{TEST_CGROUP_PREFIX}{SESSION}-")
+    temp_root = str(basetemp.parent)
+    return text.startswith(temp_root + "/pytest-") and not text.startswith(str(basetemp) + "/")
+
+
+def _host_footprint(basetemp: pathlib.Path) -> set[str]:
     """What sandboxes can leave on the host: runsc processes, sandbox cgroups, our netns,
-    veths and nftables tables (only what looks like ours: ``gvs`` / ``gvisor``-prefixed)."""
+    veths and nftables tables (only what looks like ours: ``gvs`` / ``gvisor``-prefixed; not
+    what another pytest session on this host has running)."""
     found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmdline and cmdline[0].endswith(b"runsc") and any(arg.startswith(b"--root=") for arg in cmdline):
+        roots = [arg[len(b"--root="):].decode(errors="replace") for arg in cmdline if arg.startswith(b"--root=")]
+        if cmdline and cmdline[0].endswith(b"runsc") and roots and not _is_other_session(roots[0], basetemp):
             found.add(f"process {pid} {b' '.join(cmdline)[:100].decode(errors='replace')}")
     cgroup_root = pathlib.Path("/sys/fs/cgroup")
     for hierarchy in cgroup_root.iterdir() if cgroup_root.is_dir() else []:
         for parent in hierarchy.glob("gvisor-sandbox*"):
-            if parent.is_dir():
+            if parent.is_dir() and not _is_other_session(parent.name, basetemp):
                 found.add(f"cgroup {parent}")
     netns_dir = pathlib.Path("/var/run/netns")
     found |= {f"netns {p.name}" for p in netns_dir.glob("gvs*")} if netns_dir.is_dir() else set()
@@ -89,13 +106,14 @@ def _host_footprint() -> set[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def nothing_left_after_the_suite():
+def nothing_left_after_the_suite(tmp_path_factory):
     """After the whole suite, nothing the tests created is left on the host (compared with
     what was there before it started, so a service running on a dev box does not count)."""
     if os.geteuid() != 0:
         yield
         return
-    before = _host_footprint()
+    basetemp = tmp_path_factory.getbasetemp()
+    before = _host_footprint(basetemp)
     yield
-    left = sorted(_host_footprint() - before)
+    left = sorted(_host_footprint(basetemp) - before)
     assert left == [], f"left on the host after the test suite: {left}"

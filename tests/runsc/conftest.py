@@ -34,23 +34,38 @@ def assert_nothing_left(service) -> None:
     assert ours == [], f"runsc processes left: {ours}"
 
 
-@pytest.fixture(params=["cold", "warm"])
+MODES = ("cold", "warm", "restored")
+
+
+@pytest.fixture(params=MODES)
 def mode(request) -> str:
-    """Every test of the contract runs twice: sandboxes booted on demand, and from the pool."""
+    """Every test of the contract runs three times: sandboxes booted on demand (snapshots
+    off), taken from a pool (whose members are restored where the runsc can, else booted),
+    and restored on demand from a snapshot image (runsc 20240729 and later)."""
     return request.param
 
 
+@pytest.fixture(scope="session")
+def snapshot_dir(tmp_path_factory) -> pathlib.Path:
+    """One image directory for the whole session: services with the same settings reuse
+    each other's images (a service making its own removes those that do not match)."""
+    return tmp_path_factory.mktemp("snapshots")
+
+
 @pytest.fixture
-async def make_service(test_env, mode):
+async def make_service(test_env, mode, snapshot_dir):
     """Factory: ``await make_service(SANDBOX_X=...)`` starts a service with extra settings.
 
     In warm mode each pool a test's code routes to has one member, and ``run`` waits for it
-    and checks that the request was served warm."""
+    and checks that the request was served warm; in restored mode ``run`` waits for the
+    image of the profile the code routes to and checks that the sandbox was restored."""
     require_runsc()
     started = []
 
     async def make(**overrides):
-        env = {**test_env}
+        env = {**test_env, "SANDBOX_SNAPSHOT_DIR": str(snapshot_dir)}
+        if mode == "cold":
+            env["SANDBOX_SNAPSHOTS"] = "off"
         if mode == "warm":
             env.update(SANDBOX_EXECUTOR_MANAGER_POOL_SIZE="1", SANDBOX_POOL_SIZE_PYTHON_PRELOAD="0",
                        SANDBOX_POOL_SIZE_NODEJS_PRELOAD="0")
@@ -75,15 +90,24 @@ async def service(make_service):
 
 async def run(service, code: str, language: str = "python", **arguments):
     """Execute ``code`` through the service's executor (the path /run takes); in warm mode
-    wait for the pool the code routes to and assert the request was served from it."""
+    wait for the pool the code routes to and assert the request was served from it; in
+    restored mode wait for the profile's image and assert the sandbox was restored."""
     executor = service.executor
-    pool = executor.pools.get(executor.route(executor.languages[language], code))
-    warm = getattr(service, "mode", "cold") == "warm" and pool is not None
+    profile = executor.route(executor.languages[language], code)
+    pool = executor.pools.get(profile)
+    mode = getattr(service, "mode", "cold")
+    warm = mode == "warm" and pool is not None
+    restored = mode == "restored" and executor.languages[language].snapshot
     if warm:
         await pool.wait_ready(1)
+    if restored:
+        await executor.snapshots.wait_ready(profile)
     before = executor.warm_starts
     execution = await executor.execute(RunRequest(language=language, source=code, arguments=arguments))
     result = execution.result
+    if result["exit_code"] != -999:
+        expected = "warm" if warm else "restored" if restored else "booted"
+        assert execution.start == expected, f"served {execution.start}, expected {expected}"
     if warm and result["exit_code"] != -999:
         assert executor.warm_starts == before + 1 and execution.warm, "the request was not served warm"
     if result["exit_code"] != -999:
