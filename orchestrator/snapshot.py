@@ -22,7 +22,8 @@ moved, a new image is made in the background and sandboxes boot until it is read
 replaced image is deleted as soon as no restore reads it.  Images whose key still matches
 are reused across restarts of the service; any other directory is removed at start-up.
 
-``status()`` reports, per profile: ``off`` (with why), ``making``, ``ready`` (size, age,
+``status()`` reports, per profile: ``off`` (with why), ``making``, ``proving`` (an image of an
+earlier run restores once before it is used), ``ready`` (size, age,
 boot and restore times), ``slower`` (restore did not beat a boot) or ``failed`` (why; retried
 after RETRY_S or when an input changes).
 """
@@ -289,6 +290,8 @@ class SnapshotStore:
             for state in list(self._profiles.values()):
                 if self._closing:
                     return
+                if state.state == "proving":
+                    await self._adopt(state)
                 if await self._needs_image(state):
                     await self._make(state)
                     made_any = True
@@ -298,8 +301,24 @@ class SnapshotStore:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=RETRY_S / 10)
 
+    async def _adopt(self, state: _ProfileState) -> None:
+        """An image of an earlier run: restore from it once before serving it."""
+        image = state.image
+        assert image is not None
+        try:
+            image.restore_ms = await self._prove(state.spec, image)
+        except (ServiceError, OSError) as exc:
+            log.warning("snapshot %s: the image of an earlier run does not restore (%s); making a new one",
+                        state.spec.key, exc)
+            state.image = None
+            shutil.rmtree(image.path, ignore_errors=True)
+            self._set(state, "pending", "the image of an earlier run did not restore")
+            return
+        self._set(state, "ready", "reused from an earlier run")
+        log.info("snapshot %s: reusing %s (restore %.0f ms)", state.spec.key, image.path, image.restore_ms or 0)
+
     async def _needs_image(self, state: _ProfileState) -> bool:
-        if state.state in ("off", "making"):
+        if state.state in ("off", "making", "proving"):
             return False
         try:
             key = await asyncio.to_thread(self._key, state)
@@ -418,8 +437,8 @@ class SnapshotStore:
                 shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
                 continue
             state.image = image
-            self._set(state, "ready", "reused from an earlier run")
-            log.info("snapshot %s: reusing %s", state.spec.key, entry)
+            self._set(state, "proving", "made by an earlier run")
+            log.info("snapshot %s: found %s of an earlier run", state.spec.key, entry)
 
     def _load(self, path: pathlib.Path, state: _ProfileState) -> Image | None:
         try:
