@@ -190,8 +190,10 @@ class SnapshotStore:
 
     def __init__(self, root: pathlib.Path, profiles: list[ProfileSpec], inputs: KeyInputs | None,
                  make_sandbox: Callable, rootfs_tree: Callable[[ProfileSpec], pathlib.Path], *,
-                 off: dict[str, str] | None = None, uncompressed: bool = True):
+                 off: dict[str, str] | None = None, uncompressed: bool = True,
+                 slower_factor: float = SLOWER_FACTOR):
         self.root = root
+        self._slower_factor = slower_factor
         self.inputs = inputs
         self._make_sandbox = make_sandbox
         self._rootfs_tree = rootfs_tree
@@ -367,7 +369,7 @@ class SnapshotStore:
             raise
         state.make_ms = (time.monotonic() - started) * 1000
         if image.restore_ms is not None and image.boot_ms is not None and \
-                image.restore_ms > SLOWER_FACTOR * image.boot_ms:
+                image.restore_ms > self._slower_factor * image.boot_ms:
             shutil.rmtree(final, ignore_errors=True)
             state.failed_key, state.failed_at = key, time.monotonic()
             self._set(state, "slower", f"a restore took {image.restore_ms:.0f} ms, a boot {image.boot_ms:.0f} ms: "

@@ -11,12 +11,14 @@ from orchestrator.runtime.argv import (
     BASELINE_FLAGS,
     RunscConfig,
     check_sandbox_id,
+    checkpoint_argv,
     delete_argv,
     flags_argv,
     kill_argv,
     list_argv,
     parse_flag_names,
     parse_version,
+    restore_argv,
     run_argv,
     version_argv,
 )
@@ -45,15 +47,37 @@ def test_kill_delete_list_argv():
     assert flags_argv(BIN) == ["/usr/bin/runsc", "flags"]
 
 
+def test_checkpoint_and_restore_argv():
+    image = pathlib.Path("/state/snapshots/.making-python-1")
+    assert checkpoint_argv(config(), "sb-1", image) == [
+        "/usr/bin/runsc", *GLOBAL, "checkpoint", f"--image-path={image}", "--compression=none", "sb-1"]
+    assert "--compression=none" not in checkpoint_argv(config(), "sb-1", image, uncompressed=False)
+    assert restore_argv(config(), "sb-2", pathlib.Path("/state/sb-2/bundle"), image,
+                        pathlib.Path("/state/sb-2/runsc.log")) == [
+        "/usr/bin/runsc", *GLOBAL, "--log=/state/sb-2/runsc.log", "restore", f"--image-path={image}",
+        "--bundle=/state/sb-2/bundle", "sb-2"]
+
+
+def test_restore_gets_the_netns_workaround_like_run():
+    wrapped = restore_argv(config(network="sandbox", netns_workaround=True), "sb-2", pathlib.Path("/b"),
+                           pathlib.Path("/i"), pathlib.Path("/l"))
+    assert wrapped[:3] == ["unshare", "--mount", "--propagation"] and "restore" in wrapped
+    with pytest.raises(ValueError):
+        restore_argv(config(), "bad id", pathlib.Path("/b"), pathlib.Path("/i"), pathlib.Path("/l"))
+
+
 @pytest.mark.parametrize("build", [
     lambda c: run_argv(c, "sb-1", pathlib.Path("/b"), pathlib.Path("/l")),
+    lambda c: restore_argv(c, "sb-1", pathlib.Path("/b"), pathlib.Path("/i"), pathlib.Path("/l")),
+    lambda c: checkpoint_argv(c, "sb-1", pathlib.Path("/i")),
     lambda c: kill_argv(c, "sb-1"),
     lambda c: delete_argv(c, "sb-1"),
     lambda c: list_argv(c),
-], ids=["run", "kill", "delete", "list"])
+], ids=["run", "restore", "checkpoint", "kill", "delete", "list"])
 def test_global_flags_come_before_the_subcommand(build):
     argv = build(config(oci_seccomp=True, debug_log_dir=pathlib.Path("/var/log/runsc")))
-    subcommand = next(i for i, arg in enumerate(argv) if arg in ("run", "kill", "delete", "list"))
+    subcommand = next(i for i, arg in enumerate(argv)
+                      if arg in ("run", "restore", "checkpoint", "kill", "delete", "list"))
     assert argv[0] == "/usr/bin/runsc"
     assert all(arg.startswith("--") for arg in argv[1:subcommand])
     for flag in ("--root=", "--platform=", "--network=", "--oci-seccomp", "--debug-log="):

@@ -73,3 +73,42 @@ def test_loads_refuses_what_json_refuses(text):
 
 def test_the_fast_path_is_in_use_here():
     assert "json" not in RUNNER_MODULE._dumps.__code__.co_names
+
+
+def test_reseed_draws_fresh_state_for_what_was_seeded_before_a_checkpoint():
+    import random
+    import tempfile
+
+    random.seed(1234)  # what every clone of a checkpointed process would repeat
+    repeated = random.random()
+    random.seed(1234)
+    tempfile._get_candidate_names()
+    reseeded = RUNNER_MODULE._reseed()
+    assert "random" in reseeded and "tempfile" in reseeded
+    assert random.random() != repeated
+    assert tempfile._name_sequence is None
+
+
+def test_resume_frames_are_answered_with_ready_until_the_request(tmp_path):
+    """The runner's loop as a restored sandbox sees it: resume -> ready (reseeded), then run."""
+    import socket
+    import subprocess
+    import sys
+
+    ours, theirs = socket.socketpair()
+    process = subprocess.Popen([sys.executable, "-I", "-B", str(RUNNER)], stdin=theirs, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    theirs.close()
+    reader = ours.makefile("rb")
+    try:
+        assert json.loads(reader.readline())["type"] == "ready"
+        ours.sendall(b'{"type": "resume"}\n')
+        frame = json.loads(reader.readline())
+        assert frame["type"] == "ready" and isinstance(frame["reseeded"], list)
+        ours.sendall(json.dumps({"type": "run", "source": "main.py", "arguments": {"x": 2},
+                                 "code": "def main(x):\n    return x * 21\n"}).encode() + b"\n")
+        done = json.loads(reader.readline())
+        assert done["type"] == "done" and json.loads(done["result_json"])["value"] == 42
+    finally:
+        ours.close()
+        process.wait(timeout=10)
