@@ -7,6 +7,7 @@ with the fix.  Exit status 1 when anything failed.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import shutil
 import socket
@@ -41,8 +42,61 @@ async def check_runsc(settings: Settings) -> Check:
     if missing:
         return Check("runsc", False, f"runsc {info.version} lacks --{', --'.join(sorted(missing))}",
                      "install a newer gVisor release or set SANDBOX_ENABLE_SECCOMP=false")
+    checkpoint = "checkpoints without compression" if info.checkpoints_uncompressed else \
+        "always compresses checkpoints (no snapshots: 0.0~20240729 or later has them)"
     return Check("runsc", True, f"{info.binary} version {info.version}, platform {settings.runsc.platform}, "
-                                f"{len(info.flags)} flags")
+                                f"{len(info.flags)} flags, {checkpoint}")
+
+
+SNAPSHOT_PROBE_TIMEOUT_S = 120.0
+
+
+async def check_snapshots(settings: Settings) -> Check:
+    """Make one real image the way the service does (boot, checkpoint, restore under a new id
+    with new stdio, resume) in a throwaway state dir, with the network off and no pools."""
+    from orchestrator.service import start_service
+
+    if settings.snapshots == "off":
+        return Check("snapshots", True, "off (SANDBOX_SNAPSHOTS=off): every sandbox boots")
+    with tempfile.TemporaryDirectory(prefix="gvisor-sandbox-doctor-") as root:
+        probe = dataclasses.replace(
+            settings, state_dir=pathlib.Path(root) / "state", snapshot_dir=pathlib.Path(root) / "images",
+            pool_size=0, pool_sizes={}, cgroup_parent=f"{settings.cgroup_parent}-doctor",
+            runsc=dataclasses.replace(settings.runsc, network="none"))
+        try:
+            service = await start_service(probe)
+        except ServiceError as exc:
+            return Check("snapshots", False, f"start a probe service: {exc}", "see the other checks")
+        try:
+            store = service.executor.snapshots
+            profiles = store.status()["profiles"]
+            candidates = [key for key, entry in profiles.items() if entry["state"] != "off"]
+            if not candidates:
+                reasons = sorted({entry["reason"] for entry in profiles.values()})
+                return Check("snapshots", True, "off: " + "; ".join(reasons))
+            profile = candidates[0]
+            try:
+                image = await store.wait_ready(profile, timeout=SNAPSHOT_PROBE_TIMEOUT_S)
+            except TimeoutError:
+                entry = store.status()["profiles"][profile]
+                if entry["state"] == "slower":
+                    return Check("snapshots", True, f"{profile}: {entry['reason']}")
+                return Check("snapshots", False, f"{profile}: {entry['state']}: {entry['reason']}",
+                             "sandboxes boot instead (slower under load); see the service log for runsc's error")
+            off = [key for key, entry in profiles.items() if entry["state"] == "off"]
+            return Check("snapshots", True, f"{profile}: checkpoint and restore under a new id with new stdio work "
+                                            f"({image.size_bytes / 1e6:.1f} MB image, boot {image.boot_ms:.0f} ms, "
+                                            f"restore {image.restore_ms:.0f} ms)"
+                                            + (f"; off for {', '.join(off)}" if off else ""))
+        finally:
+            await service.close()
+            if service.cgroups is not None:
+                service.cgroups.remove_parent()
+
+
+async def check_capacity(settings: Settings) -> Check:
+    values = ", ".join(f"{name} {entry['value']} ({entry['source']})" for name, entry in settings.capacity_status().items())
+    return Check("capacity", True, values)
 
 
 async def check_smoke(settings: Settings) -> Check:
@@ -129,7 +183,8 @@ async def check_port(settings: Settings) -> Check:
 
 
 CHECKS: list[Callable[[Settings], Awaitable[Check]]] = [
-    check_runsc, check_smoke, check_cgroups, check_netns, check_network, check_rootfs, check_state_dir, check_port]
+    check_runsc, check_smoke, check_cgroups, check_netns, check_network, check_rootfs, check_state_dir, check_port,
+    check_snapshots, check_capacity]
 
 
 async def run_checks(settings: Settings, checks=None) -> list[Check]:

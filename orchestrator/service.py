@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from bundles.spec import NETNS_DIR
 from orchestrator.errors import HostError, RunscError, SandboxError
 from orchestrator.executor import Executor
 from orchestrator.host import firewall, netns, workspace
@@ -151,7 +152,7 @@ def make_snapshot_store(settings: Settings, info: RunscInfo | None, runtime, exe
         host = executor.host
         spec = sandbox_spec(language, host, tree, env, workspace="/placeholder/workspace",
                             cgroups_path="/placeholder/cgroup",
-                            netns_path="/placeholder/netns" if host.network is not None else None,
+                            netns_path=f"{NETNS_DIR}/placeholder" if host.network is not None else None,
                             sandbox_id="placeholder")
         return {"language": language_digests[profile.language], "rootfs": list(file_identity(tree)), "spec": spec}
 
@@ -317,21 +318,23 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
                           probe="runsc gives each sandbox an empty netns of its own")
     if settings.runsc.network == "egress":
         network = await prepare_egress(settings, networks)
-        host = dataclasses.replace(host, network=networks)
-        if isinstance(runtime, RunscRuntime) and info is not None:
-            try:
+    try:
+        if settings.runsc.network == "egress":
+            host = dataclasses.replace(host, network=networks)
+            if isinstance(runtime, RunscRuntime) and info is not None:
                 workaround, how = await probe_netns_workaround(host, runtime.config, info, languages, rootfs)
-            except BaseException:
-                await firewall.delete_table(network.table)
-                raise
-            runtime = RunscRuntime(dataclasses.replace(runtime.config, netns_workaround=workaround))
-            host = dataclasses.replace(host, runtime=runtime)
-            network = dataclasses.replace(network, netns_workaround=workaround, probe=how)
-        log.info("egress: runsc --network=sandbox, netns workaround %s (%s)",
-                 "on" if network.netns_workaround else "off", network.probe)
-    metrics = Metrics()
-    executor = Executor(settings, languages, rootfs, host, metrics=metrics)
-    store = make_snapshot_store(settings, info, runtime, executor)
+                runtime = RunscRuntime(dataclasses.replace(runtime.config, netns_workaround=workaround))
+                host = dataclasses.replace(host, runtime=runtime)
+                network = dataclasses.replace(network, netns_workaround=workaround, probe=how)
+            log.info("egress: runsc --network=sandbox, netns workaround %s (%s)",
+                     "on" if network.netns_workaround else "off", network.probe)
+        metrics = Metrics()
+        executor = Executor(settings, languages, rootfs, host, metrics=metrics)
+        store = make_snapshot_store(settings, info, runtime, executor)
+    except BaseException:
+        if network.table:  # egress: the table loaded above goes with the failed start
+            await firewall.delete_table(network.table)
+        raise
     executor.snapshots = store
     executor.runsc_status = lambda: runsc_status(info, settings, store)
     store.start()
