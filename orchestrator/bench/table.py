@@ -21,6 +21,12 @@ def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _figure(value: float, unit: str) -> str:
+    """A target's figure: ms to 0.1, runs/s to 0.01, counts and ratios as they are."""
+    text = {"ms": f"{value:.1f}", "runs/s": f"{value:.2f}"}.get(unit, f"{value:g}")
+    return f"{text} {unit}"
+
+
 def format_served(served: dict[str, int]) -> str:
     """``warm 12, booted 80``: the known ways first, in order, then any other."""
     order = [start for start in SERVED_ORDER if start in served] + sorted(set(served) - set(SERVED_ORDER))
@@ -116,10 +122,10 @@ def _target_lines(doc: dict) -> list[str]:
     width = max(len(row["name"]) for row in doc["targets"])
     for row in doc["targets"]:
         verdict = {True: "PASS", False: "FAIL", None: "n/a "}[row["passed"]]
-        measured = "not measured" if row["measured"] is None else f"{row['measured']:g} {row['unit']}"
+        measured = "not measured" if row["measured"] is None else _figure(row["measured"], row["unit"])
         line = f"  {verdict}  {row['name']:<{width}}  measured {measured}"
         if doc["compare"] and row["other"] is not None:
-            line += f"  (compare: {row['other']:g} {row['unit']})"
+            line += f"  (compare: {_figure(row['other'], row['unit'])})"
         lines.append(line)
     return lines
 

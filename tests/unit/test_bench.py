@@ -298,7 +298,9 @@ def test_table_puts_ours_beside_the_compare_endpoint():
     assert "/run hello, warm" in text and "100.00x" in text  # idle workloads: 700 / 7
     assert "skipped: compare: cold workloads: foreign" in text
     assert "  compare, hello only, hello: status program_runner_error exit_code -10: Container pool is busy" in lines
-    assert "(compare: 2 runs/s)" in next(line for line in lines if "hello only >= 12" in line)
+    assert "(compare: 2.00 runs/s)" in next(line for line in lines if "hello only >= 12" in line)
+    assert "measured 9.00 runs/s" in next(line for line in lines if "hello only >= 12" in line)
+    assert "PASS  hello warm p50 <= 25 ms" in text and "measured 7.0 ms  (compare: 700.0 ms)" in text
 
 
 def test_served_order_known_ways_first():
