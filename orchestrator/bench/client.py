@@ -53,6 +53,15 @@ def served_by(headers: Mapping[str, str]) -> str:
     return {"1": "warm", "0": "booted"}.get(headers.get("X-Sandbox-Warm", "").strip(), UNKNOWN)
 
 
+def runner_ms(headers: Mapping[str, str]) -> float | None:
+    """``X-Sandbox-Run-Ms``: the runner's own time for the user's code; None when absent or not
+    a number (a foreign endpoint's header is no reason to stop a run)."""
+    try:
+        return float(headers["X-Sandbox-Run-Ms"])
+    except (KeyError, ValueError):
+        return None
+
+
 def judge(status: int, body: object, kind: Kind) -> str | None:
     """What is wrong with this answer for a run of ``kind``; None when it is correct."""
     if status != 200:
@@ -89,9 +98,8 @@ async def post_run(session: aiohttp.ClientSession, url: str, kind: Kind) -> Repl
     except ValueError:
         body = None
     problem = judge(status, body, kind)
-    run_ms = headers.get("X-Sandbox-Run-Ms")
-    return Reply(problem is None, ms, kind.name, start=served_by(headers),
-                 run_ms=float(run_ms) if run_ms else None, problem=problem)
+    return Reply(problem is None, ms, kind.name, start=served_by(headers), run_ms=runner_ms(headers),
+                 problem=problem)
 
 
 async def service_status(session: aiohttp.ClientSession, url: str) -> dict | None:

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from orchestrator.bench import cli
-from orchestrator.bench.client import judge, post_run, served_by
+from orchestrator.bench.client import judge, post_run, runner_ms, served_by
 from orchestrator.bench.load import closed_loop
 from orchestrator.bench.scenario import HELLO, KINDS, NODE, PANDAS, SCENARIOS, Scenario
 from orchestrator.bench.side import Plan, Side, sustained_scenarios
@@ -305,3 +305,9 @@ def test_the_plan_preflights_the_kinds_it_sends():
     assert Plan(frozenset({"idle", "sustained"}), (hello,)).kinds_sent() == (HELLO, PANDAS)
     assert Plan(frozenset({"idle", "sustained"}), (mix,)).kinds_sent(("idle",)) == (HELLO, PANDAS)
     assert Plan(frozenset({"cold", "floors"}), (mix,)).kinds_sent() == ()
+
+
+def test_runner_time_header_is_read_when_it_is_a_number():
+    assert runner_ms({"X-Sandbox-Run-Ms": "2.500"}) == 2.5
+    assert runner_ms({"X-Sandbox-Run-Ms": "n/a"}) is None
+    assert runner_ms({}) is None
