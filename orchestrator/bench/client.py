@@ -27,6 +27,7 @@ REQUEST_TIMEOUT_S = 180.0
 SETTLE_TIMEOUT_S = 180.0
 STARTS = ("warm", "restored", "booted")
 UNKNOWN = "unknown"
+SNAPSHOT_IN_PROGRESS = ("pending", "making")
 
 Gate = Callable[[], Awaitable[None]]
 
@@ -119,12 +120,21 @@ async def pool_state(session: aiohttp.ClientSession, url: str) -> dict | None:
     return pools if isinstance(pools, dict) else None
 
 
-async def wait_pools(session: aiohttp.ClientSession, url: str, *, timeout: float = SETTLE_TIMEOUT_S) -> bool:
-    """Until every pool is full with nothing booting; False at the deadline."""
+def is_settled(status: Mapping) -> bool:
+    """Our service at rest: every pool full with nothing booting, and no snapshot image being
+    made (``snapshots.profiles.*.state`` pending or making, where the service has snapshots)."""
+    pools = status.get("pools") or {}
+    if not all(pool["ready"] >= pool["size"] and pool["booting"] == 0 for pool in pools.values()):
+        return False
+    profiles = (status.get("snapshots") or {}).get("profiles") or {}
+    return not any(profile.get("state") in SNAPSHOT_IN_PROGRESS for profile in profiles.values())
+
+
+async def wait_settled(session: aiohttp.ClientSession, url: str, *, timeout: float = SETTLE_TIMEOUT_S) -> bool:
+    """Until ``is_settled``; False at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
-        state = await pool_state(session, url) or {}
-        if all(pool["ready"] >= pool["size"] and pool["booting"] == 0 for pool in state.values()):
+        if is_settled(await service_status(session, url) or {}):
             return True
         if time.monotonic() > deadline:
             return False
@@ -133,13 +143,15 @@ async def wait_pools(session: aiohttp.ClientSession, url: str, *, timeout: float
 
 def request_gate(session: aiohttp.ClientSession, url: str, pause_s: float | None) -> Gate:
     """What runs before each idle-host request: with pool state (``pause_s`` None) wait until
-    all pools are full with nothing booting; without, a pause."""
+    the service is settled (``is_settled``); without, a pause."""
     if pause_s is not None:
         async def pause() -> None:
             await asyncio.sleep(pause_s)
         return pause
 
     async def settle() -> None:
-        if not await wait_pools(session, url):
-            raise BenchError(f"pools not full within {SETTLE_TIMEOUT_S:.0f} s: {await pool_state(session, url)}")
+        if not await wait_settled(session, url):
+            status = await service_status(session, url) or {}
+            raise BenchError(f"not settled within {SETTLE_TIMEOUT_S:.0f} s: pools {status.get('pools')}, "
+                             f"snapshots {status.get('snapshots')}")
     return settle

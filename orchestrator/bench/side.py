@@ -20,7 +20,7 @@ import aiohttp
 
 from orchestrator.bench import host
 from orchestrator.bench.client import (BenchError, Gate, pool_state, post_run, request_gate, service_status,
-                                       wait_pools)
+                                       wait_settled)
 from orchestrator.bench.load import closed_loop
 from orchestrator.bench.measurement import Measurement, ScenarioRun
 from orchestrator.bench.scenario import HELLO, KINDS, PANDAS, Kind, Scenario
@@ -126,13 +126,14 @@ async def idle_workloads(session: aiohttp.ClientSession, url: str, plan: Plan, s
 
 async def sustained_scenarios(session: aiohttp.ClientSession, url: str, plan: Plan, side: Side, *,
                               has_pools: bool) -> None:
-    """Each scenario from a settled endpoint: our pools full and idle (waited for, noted when
-    they do not fill), or ``plan.settle_s`` of quiet for an endpoint without pool state."""
+    """Each scenario from a settled endpoint: ours at rest (``client.is_settled``: pools full,
+    no snapshot being made; waited for, noted when it does not come), or ``plan.settle_s`` of
+    quiet for an endpoint without pool state."""
     for scenario in plan.scenarios:
         notes = []
         if has_pools:
-            if not await wait_pools(session, url):
-                notes.append("the pools were not full at the start (waited for them in vain)")
+            if not await wait_settled(session, url):
+                notes.append("the pools were not full (or a snapshot was being made) at the start")
         else:
             await asyncio.sleep(plan.settle_s)
             notes.append(f"{plan.settle_s:g} s pause before (no pool state to wait for)")
@@ -169,7 +170,7 @@ async def bench_own_service(plan: Plan, side: Side, *, work: pathlib.Path, log_d
         if plan.has("pool-empty"):
             async with service("pool-empty", POOL_EMPTY_ENV) as running:
                 settle = request_gate(session, running.url, None)
-                log.info("waiting for the other pools to fill")
+                log.info("waiting for the other pools to fill and the snapshots to be made")
                 await settle()
                 await post_run(session, running.url, PANDAS)  # warm-up: page cache, first imports
                 gate = then_pause(settle, COLD_PAUSE_S)
@@ -187,7 +188,7 @@ async def bench_own_service(plan: Plan, side: Side, *, work: pathlib.Path, log_d
         if plan.has("sustained"):
             async with service("sustained", SUSTAINED_ENV) as running:
                 await preflight(session, running.url, plan.kinds_sent(("sustained",)))
-                log.info("waiting for the pools to fill")
+                log.info("waiting for the pools to fill and the snapshots to be made")
                 await request_gate(session, running.url, None)()
                 await sustained_scenarios(session, running.url, plan, side, has_pools=True)
 

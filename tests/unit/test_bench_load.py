@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from orchestrator.bench import cli
-from orchestrator.bench.client import judge, post_run, runner_ms, served_by
+from orchestrator.bench.client import is_settled, judge, post_run, runner_ms, served_by
 from orchestrator.bench.load import closed_loop
 from orchestrator.bench.scenario import HELLO, KINDS, NODE, PANDAS, SCENARIOS, Scenario
 from orchestrator.bench.side import Plan, Side, sustained_scenarios
@@ -311,3 +311,15 @@ def test_runner_time_header_is_read_when_it_is_a_number():
     assert runner_ms({"X-Sandbox-Run-Ms": "2.500"}) == 2.5
     assert runner_ms({"X-Sandbox-Run-Ms": "n/a"}) is None
     assert runner_ms({}) is None
+
+
+def test_settled_means_full_pools_and_no_snapshot_in_the_making():
+    full = {"python": {"ready": 2, "size": 2, "booting": 0}, "python_preload": {"ready": 0, "size": 0, "booting": 0}}
+    assert is_settled({"pools": full})
+    assert is_settled({})  # no pools, no snapshots: nothing to wait for
+    assert not is_settled({"pools": {**full, "nodejs": {"ready": 0, "size": 1, "booting": 1}}})
+    assert not is_settled({"pools": {"python": {"ready": 2, "size": 2, "booting": 1}}})  # a replacement booting
+    done = {"python": {"state": "ready"}, "nodejs": {"state": "off"}, "x": {"state": "failed"}, "y": {"state": "slower"}}
+    assert is_settled({"pools": full, "snapshots": {"profiles": done}})
+    for state in ("pending", "making"):
+        assert not is_settled({"pools": full, "snapshots": {"profiles": {**done, "python_preload": {"state": state}}}})
