@@ -74,7 +74,7 @@ test: setup  ## run every test (unit, host, real runsc, end to end)
 test-unit: setup  ## only the unit tests (no root, no runsc)
 	$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
 
-bench: setup  ## ops benchmark: runsc floors vs our /run, table + bench-results/bench.json and .png
+bench: setup  ## ops benchmark (BENCH_ARGS: --only sustained, --compare-url URL, ...): table + bench-results/bench.json and .png
 	@$(LOAD_ENV) $(PY) -m orchestrator.bench $(BENCH_ARGS)
 
 doctor: setup  ## check this host can run sandboxes; prints the fix for every failure

@@ -1,0 +1,41 @@
+"""Sustained load: a closed loop of N clients, each sending its next run the moment its last
+one answers, for a fixed time, cycling through a scenario's mix of kinds.
+
+The clients share one cycle of ``Scenario.order()``, so the runs sent follow the mix's weights
+whatever each kind's latency.  Once the time is up no client sends again; the runs still in
+flight are awaited and counted, and the wall time runs to the last answer, so runs/s is
+successful runs over the time it took to get them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import aiohttp
+
+from orchestrator.bench.client import post_run
+from orchestrator.bench.measurement import Measurement, ScenarioRun
+from orchestrator.bench.scenario import Scenario
+
+
+async def closed_loop(session: aiohttp.ClientSession, url: str, scenario: Scenario, *, clients: int,
+                      duration_s: float) -> ScenarioRun:
+    if clients < 1 or duration_s <= 0:
+        raise ValueError(f"closed loop: needs clients >= 1 and a duration > 0, not {clients} and {duration_s}")
+    cycle = itertools.cycle(scenario.order())
+    kinds = {name: Measurement() for name in scenario.kinds}
+    started = time.perf_counter()
+    stop_at = started + duration_s
+
+    async def client() -> None:
+        while time.perf_counter() < stop_at:
+            kind = next(cycle)
+            kinds[kind.name].add(await post_run(session, url, kind))
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(clients):
+            group.create_task(client())
+    wall_s = time.perf_counter() - started
+    return ScenarioRun(scenario.name, clients, duration_s, round(wall_s, 3), kinds)
