@@ -21,7 +21,7 @@ LOAD_ENV    := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a; export SAN
 UNIT_DIR    ?= /etc/systemd/system
 CONF_DIR    ?= /etc/gvisor-sandbox
 
-.PHONY: all setup ensure_env build start stop restart status test test-unit bench doctor logs clean install uninstall
+.PHONY: all setup ensure_env build start stop restart status test test-compat test-unit bench doctor logs clean install uninstall
 
 all: setup build start test  ## set up, build the rootfs, start the service, run the tests
 
@@ -68,8 +68,20 @@ status:  ## is the service answering?
 	@$(PY) -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$(PORT)/healthz', timeout=2).read().decode())" \
 	  || echo "status: not answering on port $(PORT)"
 
-test: setup  ## run every test (unit, host, real runsc, end to end)
+test: setup  ## run every test (unit, host, real runsc, end to end), then the compatibility subset
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-compat
+
+# The contract, limits and isolation tests again, booted and warm, against bookworm's own runsc
+# (0.0~20221219: no snapshots).  REQUIRE_RUNSC=1 makes a missing build an error on bookworm.
+COMPAT_TESTS ?= tests/runsc/test_python.py tests/runsc/test_nodejs.py tests/runsc/test_limits.py tests/runsc/test_seccomp.py
+test-compat: setup  ## the real-runsc compatibility subset against the 2022 runsc build (make setup extracts it)
+	@if [ -x $(RUNSC_COMPAT) ]; then \
+	  echo "test-compat: $(COMPAT_TESTS) against $$($(RUNSC_COMPAT) --version | head -n1)"; \
+	  SANDBOX_RUNSC=$(abspath $(RUNSC_COMPAT)) $(PY) -m pytest -ra -k "not restored" $(COMPAT_TESTS); \
+	elif [ "$$REQUIRE_RUNSC" = 1 ] && grep -qs '^VERSION_CODENAME=bookworm' /etc/os-release; then \
+	  echo "test-compat: no 2022 runsc at $(RUNSC_COMPAT) (make setup extracts it)"; exit 1; \
+	else echo "test-compat: skipped (no 2022 runsc build at $(RUNSC_COMPAT))"; fi
 
 test-unit: setup  ## only the unit tests (no root, no runsc)
 	$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)

@@ -8,6 +8,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import tempfile
 import uuid
 
 import pytest
@@ -89,7 +90,11 @@ def _host_footprint(basetemp: pathlib.Path) -> set[str]:
         except OSError:
             continue
         roots = [arg[len(b"--root="):].decode(errors="replace") for arg in cmdline if arg.startswith(b"--root=")]
-        if cmdline and cmdline[0].endswith(b"runsc") and roots and not _is_other_session(roots[0], basetemp):
+        # Tests keep their state under the session's temp dir (doctor's probe under its own temp
+        # dir); a service or another session running on a dev box has other roots.
+        ours = roots and (roots[0].startswith(str(basetemp) + "/")
+                          or roots[0].startswith(tempfile.gettempdir() + "/gvisor-sandbox-doctor-"))
+        if cmdline and cmdline[0].endswith(b"runsc") and ours:
             found.add(f"process {pid} {b' '.join(cmdline)[:100].decode(errors='replace')}")
     cgroup_root = pathlib.Path("/sys/fs/cgroup")
     for hierarchy in cgroup_root.iterdir() if cgroup_root.is_dir() else []:

@@ -23,6 +23,20 @@ async def test_health_endpoints(server):
                 assert await response.json() == {"status": "ok"}
 
 
+async def test_healthz_answers_while_snapshot_images_are_still_made(start_server, tmp_path):
+    server = start_server(SANDBOX_SNAPSHOT_DIR=str(tmp_path / "fresh-images"))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.url + "/healthz") as response:
+            assert response.status == 200 and await response.json() == {"status": "ok"}
+        async with session.get(server.url + "/status") as response:
+            status = await response.json()
+    snapshots = status["snapshots"]["profiles"]
+    if status["runsc"]["checkpoint_uncompressed"]:
+        assert snapshots["python_preload"]["state"] in ("pending", "making"), snapshots
+    status_code, body = await post_run(server.url, {"code_b64": b64("def main():\n    return 1\n")})
+    assert status_code == 200 and body["result"]["value"] == 1
+
+
 async def test_hello_python_over_http(server):
     status, body = await post_run(server.url, {"code_b64": b64("def main(name):\n    print('hi')\n    return {'hello': name}\n"),
                                                "language": "python", "arguments": {"name": "world"}})

@@ -107,8 +107,11 @@ def test_doctor_on_a_healthy_host(test_env):
     done = run_doctor({**test_env, "SANDBOX_EXECUTOR_MANAGER_PORT": str(free_port())})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "FAIL" not in done.stdout
-    for name in ("runsc", "smoke", "cgroups", "netns", "network", "rootfs", "state dir", "port"):
+    for name in ("runsc", "smoke", "cgroups", "netns", "network", "rootfs", "state dir", "port", "snapshots",
+                 "capacity"):
         assert f"ok    {name}" in done.stdout
+    if "checkpoints without compression" in done.stdout:  # runsc 20240729 and later
+        assert "restore under a new id with new stdio work" in done.stdout
     Cgroups(CGROUP_ROOT, test_env["SANDBOX_CGROUP_PARENT"]).remove_parent()
 
 

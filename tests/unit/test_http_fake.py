@@ -41,6 +41,14 @@ async def test_python_success_shape(make_client):
     assert body["status"] == "success" and body["result"]["value"] == [1] and body["stdout"] == "x\n"
 
 
+async def test_headers_say_how_the_sandbox_started(make_client):
+    client = await make_client()
+    response = await client.post("/run", json={"code_b64": b64("def main():\n    return 1\n")})
+    assert response.status == 200
+    assert response.headers["X-Sandbox-Start"] == "booted" and response.headers["X-Sandbox-Warm"] == "0"
+    assert response.headers["X-Sandbox-Id"].startswith("python-")
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed on this host")
 async def test_nodejs_undefined_result(make_client):
     client = await make_client()
