@@ -457,6 +457,7 @@ class Sandbox:
             self._writer.close()
         await self._start.release(self.host.runtime, self.id)
         self.host.runtime.reap_orphans()
+        self.host.runtime.forget(self.id)
 
     async def destroy(self) -> None:
         """Undo everything ``boot`` and ``run`` did; safe to call more than once.

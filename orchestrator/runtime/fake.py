@@ -116,6 +116,9 @@ class FakeRuntime:
     def reap_orphans(self) -> int:
         return 0
 
+    def forget(self, sandbox_id: str) -> list[str]:
+        return []
+
     async def kill(self, sandbox_id: str) -> None:
         self.killed.append(sandbox_id)
         process = self._processes.get(sandbox_id)

@@ -146,6 +146,22 @@ class RunscRuntime:
         """Reap runsc helpers orphaned to this process (after a sandbox's runsc exited)."""
         return reap_orphans()
 
+    def forget(self, sandbox_id: str) -> list[str]:
+        """Remove what runsc left of a sandbox whose processes are gone: a ``runsc run`` killed
+        while it created its container can leave a lock file that ``delete`` (no state: "does
+        not exist") never removes.  Only files named after the id, in our own ``--root``."""
+        runsc_argv.check_sandbox_id(sandbox_id)
+        removed = []
+        names = (f"{sandbox_id}_sandbox:{sandbox_id}.lock", f"{sandbox_id}_sandbox:{sandbox_id}.state",
+                 f"runsc-{sandbox_id}.sock")
+        for path in (self.config.root / name for name in names):
+            if path.is_file() or path.is_socket():
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        if removed:
+            log.warning("sandbox=%s removed runsc leftovers: %s", sandbox_id, ", ".join(removed))
+        return removed
+
     async def list_ids(self) -> list[str]:
         if not self.config.root.exists():
             return []

@@ -177,3 +177,17 @@ def test_parse_flag_names_of_nothing():
 ])
 def test_parse_version(text, expected):
     assert parse_version(text) == expected
+
+
+def test_forget_removes_only_the_named_sandboxs_runsc_files(tmp_path):
+    from orchestrator.runtime.runsc import RunscRuntime
+
+    runtime = RunscRuntime(RunscConfig(binary=BIN, root=tmp_path))
+    ours = ["python-0123456789abcdef_sandbox:python-0123456789abcdef.lock",
+            "python-0123456789abcdef_sandbox:python-0123456789abcdef.state", "runsc-python-0123456789abcdef.sock"]
+    other = "python-fedcba9876543210_sandbox:python-fedcba9876543210.lock"
+    for name in [*ours, other]:
+        (tmp_path / name).write_text("")
+    assert runtime.forget("python-0123456789abcdef") == sorted(ours)
+    assert [p.name for p in tmp_path.iterdir()] == [other]
+    assert runtime.forget("python-0123456789abcdef") == []
