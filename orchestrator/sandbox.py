@@ -445,6 +445,9 @@ class Sandbox:
             raise SandboxError("checkpoint: only a ready, unused sandbox can be saved", sandbox_id=self.id)
         self._used = True
         await self.host.runtime.checkpoint(self.id, image_dir, uncompressed=uncompressed)
+        assert self._process is not None
+        with contextlib.suppress(asyncio.TimeoutError):  # it exits by itself once saved
+            await asyncio.wait_for(self._process.wait(), EXIT_GRACE_S)
 
     async def _stop(self) -> None:
         process = self._process
