@@ -248,3 +248,11 @@ async def test_files_do_not_survive_into_the_next_run(make_service):
     assert (await run(service, plant))["status"] == "success"
     result = await run(service, look)
     assert result["result"]["value"] == [False, False]
+
+
+async def test_the_benchmarks_pandas_run_answers_what_the_benchmark_expects(make_service):
+    from orchestrator.bench.scenario import PANDAS
+
+    service = await make_service(SANDBOX_TIMEOUT="30s")
+    result = await run(service, PANDAS.code)
+    assert result["status"] == "success" and result["result"]["value"] == PANDAS.expected

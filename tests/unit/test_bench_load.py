@@ -37,13 +37,11 @@ def test_the_issues_scenarios_and_kinds():
     assert set(KINDS) == {"hello", "pandas", "node"}
 
 
-@pytest.mark.parametrize("kind", [HELLO, PANDAS], ids=lambda kind: kind.name)
-def test_python_kinds_return_what_they_are_checked_against(kind):
-    if kind is PANDAS:
-        pytest.importorskip("pandas")
+def test_the_hello_kind_returns_what_it_is_checked_against():
+    """(The pandas kind runs in a real sandbox: tests/runsc/test_python.py.)"""
     namespace = {}
-    exec(compile(kind.code, kind.name, "exec"), namespace)  # noqa: S102 - our own constant code
-    assert namespace["main"]() == kind.expected
+    exec(compile(HELLO.code, HELLO.name, "exec"), namespace)  # noqa: S102 - our own constant code
+    assert namespace["main"]() == HELLO.expected
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed on this host")
