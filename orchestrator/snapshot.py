@@ -166,16 +166,23 @@ class KeyInputs:
         self._runsc_identity: tuple | None = None
         self._runsc_digest: str | None = None
 
-    def runsc_digest(self) -> str:
+    def runsc_digest(self, *, rehash: bool = True) -> str | None:
+        """The binary's digest; None when it changed and ``rehash`` is False (hashing ~60 MB
+        is for a worker thread, not for a request on the event loop)."""
         identity = file_identity(self.runsc_binary)
         if identity != self._runsc_identity:
+            if not rehash:
+                return None
             self._runsc_digest = digest_file(self.runsc_binary)
             self._runsc_identity = identity
-        assert self._runsc_digest is not None
         return self._runsc_digest
 
-    def key(self, profile: ProfileSpec) -> str:
-        return image_key({"runsc": {"digest": self.runsc_digest(), "version": self.runsc_version,
+    def key(self, profile: ProfileSpec, *, rehash: bool = True) -> str | None:
+        """The profile's current key; None when the runsc binary changed and ``rehash`` is False."""
+        digest = self.runsc_digest(rehash=rehash)
+        if digest is None:
+            return None
+        return image_key({"runsc": {"digest": digest, "version": self.runsc_version,
                                     "flags": self.runsc_flags},
                           "profile": {"key": profile.key, "language": profile.language, "preload": profile.preload},
                           **self._profile_parts(profile)})
@@ -263,15 +270,16 @@ class SnapshotStore:
 
     # -- keys -------------------------------------------------------------------------------
 
-    def _key(self, state: _ProfileState) -> str:
+    def _key(self, state: _ProfileState, *, rehash: bool = True) -> str | None:
         assert self.inputs is not None
-        return self.inputs.key(state.spec)
+        return self.inputs.key(state.spec, rehash=rehash)
 
     def _is_current(self, state: _ProfileState) -> bool:
-        """Does the image still match its inputs?  If not, mark it stale and wake the maker."""
+        """Does the image still match its inputs?  If not, mark it stale and wake the maker.
+        Cheap (stat calls): a changed runsc binary counts as stale without hashing it here."""
         assert state.image is not None
         try:
-            current = self._key(state)
+            current = self._key(state, rehash=False)
         except OSError as exc:
             self._set(state, "failed", f"compute the image key: {exc}")
             return False

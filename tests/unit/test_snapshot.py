@@ -42,7 +42,7 @@ class Inputs(KeyInputs):
     def __init__(self):
         self.generation = 0
 
-    def key(self, profile):
+    def key(self, profile, *, rehash=True):
         return image_key({"profile": profile.key, "generation": self.generation})
 
 
@@ -185,3 +185,17 @@ async def test_executor_restores_on_demand_and_says_so(host, tmp_path):
         assert status["snapshots"]["profiles"]["python"]["state"] == "ready"
     finally:
         await executor.close()
+
+
+def test_key_inputs_follow_the_runsc_binary_without_hashing_it_on_a_request(tmp_path):
+    binary = tmp_path / "runsc"
+    binary.write_bytes(b"build one")
+    inputs = KeyInputs(binary, "0.0~20240729.0", ["--platform=ptrace"], lambda profile: {"spec": {"x": 1}})
+    first = inputs.key(PYTHON)
+    assert inputs.key(PYTHON, rehash=False) == first  # unchanged: no hashing needed
+    os.utime(binary, ns=(1, 1))
+    binary.write_bytes(b"build two")
+    assert inputs.key(PYTHON, rehash=False) is None, "a changed binary must read as stale, unhashed"
+    second = inputs.key(PYTHON)
+    assert second != first and inputs.key(PYTHON, rehash=False) == second
+    assert KeyInputs(binary, "0.0~20240729.0", ["--platform=systrap"], lambda p: {"spec": {"x": 1}}).key(PYTHON) != second
