@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from orchestrator.errors import ServiceError
 from orchestrator.host.cgroups import Cgroups
+from orchestrator.host.placement import place
 from orchestrator.language import load_languages
 from orchestrator.host.firewall import NFT
 from orchestrator.runtime.argv import needs_netns_workaround
@@ -61,13 +62,17 @@ async def check_smoke(settings: Settings) -> Check:
 
 
 async def check_cgroups(settings: Settings, root: pathlib.Path = CGROUP_ROOT) -> Check:
+    """Where sandboxes go, and whether that works.  Inside a delegated unit (doctor is the
+    unit's ExecStartPre) only reads: the service makes its own leaf and parent at start-up."""
+    placement = place(settings.cgroup_parent, settings.invocation_id, root)
     try:
-        cgroups = Cgroups(root, settings.cgroup_parent)
-        cgroups.prepare()
+        cgroups = Cgroups(root, placement.parent, delegated=placement.unit)
+        cgroups.verify() if placement.is_delegated else cgroups.prepare()
     except ServiceError as exc:
-        return Check("cgroups", False, str(exc), "run as root on a cgroup hierarchy with the memory, pids and cpu "
-                                                 "controllers (kernel cmdline / systemd Delegate=)")
-    return Check("cgroups", True, f"v{cgroups.version}, parent /{settings.cgroup_parent} writable")
+        return Check("cgroups", False, f"{exc}; {placement.describe()}",
+                     "run as root on a cgroup hierarchy with the memory, pids and cpu controllers "
+                     "(kernel cmdline / systemd Delegate=yes)")
+    return Check("cgroups", True, f"v{cgroups.version}, {placement.describe()}")
 
 
 async def check_rootfs(settings: Settings) -> Check:
