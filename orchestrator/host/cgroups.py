@@ -146,11 +146,26 @@ class Cgroups:
         if limits.pids is not None:
             files.append((pids / "pids.max", str(limits.pids)))
         if limits.cpus is not None:
+            # v1 refuses a quota above an ancestor's (EINVAL; v2 just applies the smaller one):
+            # a unit's CPUQuota= or SANDBOX_TOTAL_CPUS below SANDBOX_MAX_CPUS would fail every sandbox.
+            cores = min(limits.cpus, self._v1_cpu_ceiling(cpu))
             files += [(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US)),
-                      (cpu / "cpu.cfs_quota_us", str(int(limits.cpus * CPU_PERIOD_US)))]
+                      (cpu / "cpu.cfs_quota_us", str(int(cores * CPU_PERIOD_US)))]
         if limits.cpu_weight is not None:
             files.append((cpu / "cpu.shares", str(_v1_shares(limits.cpu_weight))))
         return files
+
+    def _v1_cpu_ceiling(self, node: pathlib.Path) -> float:
+        """The smallest CPU quota (in cores) of ``node``'s ancestors in the v1 cpu hierarchy."""
+        ceiling = float("inf")
+        top = self.root / "cpu"
+        ancestor = node.parent
+        while ancestor != top and top in ancestor.parents:
+            quota, period = _read_int(ancestor / "cpu.cfs_quota_us"), _read_int(ancestor / "cpu.cfs_period_us")
+            if quota is not None and quota > 0 and period:
+                ceiling = min(ceiling, quota / period)
+            ancestor = ancestor.parent
+        return ceiling
 
     # -- parent -----------------------------------------------------------------------------
 
