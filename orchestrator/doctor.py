@@ -81,7 +81,27 @@ async def check_rootfs(settings: Settings) -> Check:
         rootfs = resolve_rootfs(settings, languages)
     except ServiceError as exc:
         return Check("rootfs", False, str(exc), "make build (or set SANDBOX_BASE_<LANG>_IMAGE)")
+    unreadable = unreadable_runners(languages.values())
+    if unreadable:
+        return Check("rootfs", False, f"the sandbox uid cannot read {', '.join(unreadable)} (a checkout made "
+                                      "under a strict umask?)", "chmod -R o+rX " + " ".join(unreadable))
     return Check("rootfs", True, ", ".join(f"{name}: {path}" for name, path in sorted(rootfs.items())))
+
+
+def unreadable_runners(languages) -> list[str]:
+    """Runner directories (mounted read-only into sandboxes) and runners that "other", the
+    sandbox uid, cannot read: they come from the checkout, with whatever modes it was made with."""
+    found = []
+    for language in languages:
+        if language.runner is None:
+            continue
+        for path, bits in ((language.definition_dir, 0o005), (language.definition_dir / language.runner, 0o004)):
+            try:
+                if path.stat().st_mode & bits != bits:
+                    found.append(str(path))
+            except OSError:
+                found.append(str(path))
+    return sorted(set(found))
 
 
 async def check_netns(settings: Settings) -> Check:
