@@ -47,6 +47,7 @@ class PrivateDocker:
         self.stop_leftovers()
         shutil.rmtree(self.run, ignore_errors=True)
         self.run.mkdir(parents=True, mode=0o700)
+        (self.run / "cgroup-parent").write_text(self.cgroup_parent)
         self.cache.mkdir(parents=True, exist_ok=True)
         config = self.run / "containerd.toml"
         config.write_text("\n".join([
@@ -125,7 +126,12 @@ class PrivateDocker:
 
     def stop_leftovers(self) -> None:
         """Daemons an interrupted earlier run of this checkout left (found by their pid files
-        and checked by their command line, so no other process is ever signalled)."""
+        and checked by their command line, so no other process is ever signalled; dockerd
+        stops its containers as it exits), then that run's cgroup parent."""
+        try:
+            parent = (self.run / "cgroup-parent").read_text().strip()
+        except OSError:
+            parent = None
         for name in ("dockerd", "containerd"):
             pid_file = self.run / f"{name}.spawned.pid"
             try:
@@ -138,3 +144,5 @@ class PrivateDocker:
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and pathlib.Path(f"/proc/{pid}").exists():
                     time.sleep(0.1)
+        if parent and parent.startswith("gvisor-sandbox-systemd-test-"):
+            Cgroups(CGROUP_ROOT, parent).remove_parent()
