@@ -11,17 +11,20 @@ PIDFILE     := $(RUN_DIR)/service.pid
 LOGFILE     ?= /var/log/gvisor-sandbox.log
 ENV_FILE    ?= .env
 PORT        ?= $(or $(SANDBOX_EXECUTOR_MANAGER_PORT),9385)
-APT_PACKAGES := mmdebstrap nftables
+# runsc comes from tools/setup-runsc.sh (bookworm-backports on bookworm).
+# docker.io: only the real-systemd test uses it, with a private dockerd of its own (tests/systemd).
+APT_PACKAGES := mmdebstrap nftables docker.io
 # bookworm's own runsc (0.0~20221219), extracted by `make setup` for the compatibility tests
 RUNSC_COMPAT_DIR ?= .cache/runsc-compat
 RUNSC_COMPAT := $(RUNSC_COMPAT_DIR)/usr/bin/runsc
 # Loads the env file (upstream's SANDBOX_* names) into the shell of a recipe line.
 LOAD_ENV    := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a; export SANDBOX_ROOTFS_DIR="$${SANDBOX_ROOTFS_DIR:-$(ROOTFS_DIR)}";
 
+# systemd is the init system when /run/systemd/system exists (sd_booted(3)); pidof misses it in containers.
 UNIT_DIR    ?= /etc/systemd/system
 CONF_DIR    ?= /etc/gvisor-sandbox
 
-.PHONY: all setup ensure_env build start stop restart status test test-compat test-unit bench doctor logs clean install uninstall
+.PHONY: all setup ensure_env build start stop restart status test test-compat test-unit bench doctor logs clean install install-unit uninstall
 
 all: setup build start test  ## set up, build the rootfs, start the service, run the tests
 
@@ -93,22 +96,24 @@ doctor: setup  ## check this host can run sandboxes; prints the fix for every fa
 	@$(LOAD_ENV) $(PY) -m orchestrator doctor
 
 logs:  ## follow the service log (the journal when installed as a unit)
-	@if [ -f $(UNIT_DIR)/gvisor-sandbox.service ] && pidof systemd >/dev/null; then journalctl -u gvisor-sandbox -f; \
+	@if [ -f $(UNIT_DIR)/gvisor-sandbox.service ] && [ -d /run/systemd/system ]; then journalctl -u gvisor-sandbox -f; \
 	else tail -n 100 -F $(LOGFILE); fi
 
 clean: stop  ## stop, then remove every sandbox, cgroup, namespace and directory of ours, and caches
 	@if [ -x $(PY) ]; then $(LOAD_ENV) $(PY) -m orchestrator reap; fi
 	@rm -rf .pytest_cache bench-results && find . -name __pycache__ -type d -prune -exec rm -rf {} + && echo "clean: removed caches (the venv and the rootfs stay; rm -rf $(VENV) $(ROOTFS_DIR) to rebuild them)"
 
-install: setup build  ## install the systemd unit (pointing at this checkout) and the env file
+install: setup build install-unit  ## install the systemd unit (pointing at this checkout) and the env file
+
+install-unit:  ## only the unit and env file part of install (the venv and rootfs must be there)
 	@mkdir -p $(CONF_DIR)
 	@if [ -f $(CONF_DIR)/gvisor-sandbox.env ]; then echo "install: keeping $(CONF_DIR)/gvisor-sandbox.env"; \
 	else install -m 0640 systemd/gvisor-sandbox.env.example $(CONF_DIR)/gvisor-sandbox.env && echo "install: wrote $(CONF_DIR)/gvisor-sandbox.env"; fi
 	@sed 's|@INSTALL_DIR@|$(CURDIR)|g' systemd/gvisor-sandbox.service.in > $(UNIT_DIR)/gvisor-sandbox.service && echo "install: wrote $(UNIT_DIR)/gvisor-sandbox.service"
-	@if pidof systemd >/dev/null; then systemctl daemon-reload && systemctl enable gvisor-sandbox && echo "install: enabled; start it with systemctl start gvisor-sandbox"; \
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemctl enable gvisor-sandbox && echo "install: enabled; start it with systemctl start gvisor-sandbox"; \
 	else echo "install: systemd is not running here; the unit is in place for the next boot"; fi
 
 uninstall:  ## remove the systemd unit (the env file in $(CONF_DIR) stays)
-	@if pidof systemd >/dev/null && [ -f $(UNIT_DIR)/gvisor-sandbox.service ]; then systemctl disable --now gvisor-sandbox || true; fi
+	@if [ -d /run/systemd/system ] && [ -f $(UNIT_DIR)/gvisor-sandbox.service ]; then systemctl disable --now gvisor-sandbox || true; fi
 	@rm -f $(UNIT_DIR)/gvisor-sandbox.service && echo "uninstall: removed $(UNIT_DIR)/gvisor-sandbox.service"
-	@if pidof systemd >/dev/null; then systemctl daemon-reload; fi
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -65,6 +65,26 @@ def notify_systemd(settings: Settings, message: str) -> None:
         log.warning("notify systemd (%s): %s", message, exc)
 
 
+def install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set ``stop``.
+
+    Not ``loop.add_signal_handler``: its wakeup fd is inherited by children forked without an
+    exec, and pyroute2 forks to enter a network namespace, then SIGTERMs the child; that
+    signal then reached this loop and stopped the service (egress mode, right after start-up).
+    A forked child gets the default action instead."""
+    owner = os.getpid()
+
+    def handle(signum: int, _frame) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        loop.call_soon_threadsafe(stop.set)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handle)
+
+
 async def serve(settings: Settings) -> None:
     service = await start_service(settings)
     app = create_app(service.executor, max_request_bytes=settings.max_request_bytes, api_token=settings.api_token,
@@ -82,9 +102,7 @@ async def serve(settings: Settings) -> None:
              ", ".join(sorted(service.languages)))
     notify_systemd(settings, "READY=1")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    install_stop_handlers(asyncio.get_running_loop(), stop)
     await stop.wait()
     # Graceful stop: refuse new runs, let running ones finish up to the grace period, then
     # kill and delete everything that is left.

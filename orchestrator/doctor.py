@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from orchestrator.errors import ServiceError
 from orchestrator.host.cgroups import Cgroups
+from orchestrator.host.placement import place
 from orchestrator.language import load_languages
 from orchestrator.host.firewall import NFT
 from orchestrator.runtime.argv import needs_netns_workaround
@@ -58,10 +59,16 @@ async def check_snapshots(settings: Settings) -> Check:
 
     if settings.snapshots == "off":
         return Check("snapshots", True, "off (SANDBOX_SNAPSHOTS=off): every sandbox boots")
+    if settings.invocation_id:
+        # ExecStartPre of the unit: a probe service would create cgroups in the unit's subtree
+        # before systemd places the main process (v2 forbids processes beside them).
+        return Check("snapshots", True, "not probed under systemd: the service makes and proves its images at "
+                                        "start-up (GET /status; run `make doctor` for the probe)")
+    parent = place(settings.cgroup_parent, None, CGROUP_ROOT).parent
     with tempfile.TemporaryDirectory(prefix="gvisor-sandbox-doctor-") as root:
         probe = dataclasses.replace(
             settings, state_dir=pathlib.Path(root) / "state", snapshot_dir=pathlib.Path(root) / "images",
-            pool_size=0, pool_sizes={}, cgroup_parent=f"{settings.cgroup_parent}-doctor",
+            pool_size=0, pool_sizes={}, cgroup_parent=f"{parent}-doctor",
             runsc=dataclasses.replace(settings.runsc, network="none"))
         try:
             service = await start_service(probe)
@@ -115,13 +122,17 @@ async def check_smoke(settings: Settings) -> Check:
 
 
 async def check_cgroups(settings: Settings, root: pathlib.Path = CGROUP_ROOT) -> Check:
+    """Where sandboxes go, and whether that works.  Inside a delegated unit (doctor is the
+    unit's ExecStartPre) only reads: the service makes its own leaf and parent at start-up."""
+    placement = place(settings.cgroup_parent, settings.invocation_id, root)
     try:
-        cgroups = Cgroups(root, settings.cgroup_parent)
-        cgroups.prepare()
+        cgroups = Cgroups(root, placement.parent, delegated=placement.unit)
+        cgroups.verify() if placement.is_delegated else cgroups.prepare()
     except ServiceError as exc:
-        return Check("cgroups", False, str(exc), "run as root on a cgroup hierarchy with the memory, pids and cpu "
-                                                 "controllers (kernel cmdline / systemd Delegate=)")
-    return Check("cgroups", True, f"v{cgroups.version}, parent /{settings.cgroup_parent} writable")
+        return Check("cgroups", False, f"{exc}; {placement.describe()}",
+                     "run as root on a cgroup hierarchy with the memory, pids and cpu controllers "
+                     "(kernel cmdline / systemd Delegate=yes)")
+    return Check("cgroups", True, f"v{cgroups.version}, {placement.describe()}")
 
 
 async def check_rootfs(settings: Settings) -> Check:
@@ -130,7 +141,27 @@ async def check_rootfs(settings: Settings) -> Check:
         rootfs = resolve_rootfs(settings, languages)
     except ServiceError as exc:
         return Check("rootfs", False, str(exc), "make build (or set SANDBOX_BASE_<LANG>_IMAGE)")
+    unreadable = unreadable_runners(languages.values())
+    if unreadable:
+        return Check("rootfs", False, f"the sandbox uid cannot read {', '.join(unreadable)} (a checkout made "
+                                      "under a strict umask?)", "chmod -R o+rX " + " ".join(unreadable))
     return Check("rootfs", True, ", ".join(f"{name}: {path}" for name, path in sorted(rootfs.items())))
+
+
+def unreadable_runners(languages) -> list[str]:
+    """Runner directories (mounted read-only into sandboxes) and runners that "other", the
+    sandbox uid, cannot read: they come from the checkout, with whatever modes it was made with."""
+    found = []
+    for language in languages:
+        if language.runner is None:
+            continue
+        for path, bits in ((language.definition_dir, 0o005), (language.definition_dir / language.runner, 0o004)):
+            try:
+                if path.stat().st_mode & bits != bits:
+                    found.append(str(path))
+            except OSError:
+                found.append(str(path))
+    return sorted(set(found))
 
 
 async def check_netns(settings: Settings) -> Check:

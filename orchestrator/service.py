@@ -28,6 +28,7 @@ from orchestrator.errors import HostError, RunscError, SandboxError
 from orchestrator.executor import Executor
 from orchestrator.host import firewall, netns, workspace
 from orchestrator.host.cgroups import CgroupLimits, Cgroups
+from orchestrator.host.placement import Placement, open_cgroups, place
 from orchestrator.language import Language, load_languages
 from orchestrator.metrics import Metrics
 from orchestrator.runtime.argv import RunscConfig, global_flags, needs_netns_workaround
@@ -71,9 +72,16 @@ class Service:
     executor: Executor
     metrics: Metrics
     network: NetworkInfo | None = None
+    placement: Placement | None = None
 
     async def close(self) -> None:
         await self.executor.close()
+        if self.placement is not None and self.placement.is_delegated and self.cgroups is not None:
+            # systemd trims the unit's cgroups it manages; this also covers the v1 hierarchies it does not.
+            try:
+                await asyncio.to_thread(self.cgroups.remove_parent)
+            except HostError as exc:
+                log.warning("close: %s", exc)
         networks = self.executor.host.network
         if networks is not None:  # egress: nothing is live any more; drop what is left, then the table
             leftovers = await asyncio.to_thread(networks.reap)
@@ -218,7 +226,7 @@ def runsc_config(settings: Settings, known_flags: frozenset[str] | None = None) 
 
 async def reap_all(settings: Settings, cgroup_root: pathlib.Path = CGROUP_ROOT) -> list[str]:
     """``make clean``: everything of ours, including the (then empty) parent cgroup."""
-    cgroups = Cgroups(cgroup_root, settings.cgroup_parent)
+    cgroups = open_cgroups(place(settings.cgroup_parent, settings.invocation_id, cgroup_root), cgroup_root)
     removed = await reap(RunscRuntime(runsc_config(settings)), cgroups, settings.state_dir,
                          sandbox_networks(settings), firewall_table(settings))
     cgroups.remove_parent()
@@ -300,9 +308,11 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
         settings.state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
     except OSError as exc:
         raise HostError(f"create state dir {settings.state_dir}: {exc}") from exc
-    cgroups = None
+    cgroups = placement = None
     if cgroup_root is not None:
-        cgroups = Cgroups(cgroup_root, settings.cgroup_parent)
+        placement = place(settings.cgroup_parent, settings.invocation_id, cgroup_root)
+        cgroups = open_cgroups(placement, cgroup_root, move_pid=os.getpid())
+        log.info("cgroups v%d: %s", cgroups.version, placement.describe())
         total_memory = settings.total_memory_bytes or int(psutil.virtual_memory().total * 0.8)
         cgroups.prepare(CgroupLimits(memory_bytes=total_memory, cpus=settings.total_cpus))
     networks = sandbox_networks(settings)
@@ -342,4 +352,4 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
     log.info("capacity: %s", ", ".join(f"{name} {entry['value']} ({entry['source']})"
                                        for name, entry in settings.capacity_status().items()))
     return Service(settings=settings, runsc=info, runtime=runtime, cgroups=cgroups, languages=languages,
-                   rootfs=rootfs, executor=executor, metrics=metrics, network=network)
+                   rootfs=rootfs, executor=executor, metrics=metrics, network=network, placement=placement)

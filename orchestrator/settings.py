@@ -224,7 +224,7 @@ class Settings:
     rootfs_dir: pathlib.Path = pathlib.Path("/var/lib/gvisor-sandbox/rootfs")
     languages_dirs: tuple[pathlib.Path, ...] = (_SOURCE_ROOT / "languages",)
     base_images: Mapping[str, str] = field(default_factory=dict)
-    cgroup_parent: str = "gvisor-sandbox"
+    cgroup_parent: str | None = None  # None: placed by orchestrator.host.placement (systemd delegation)
     total_memory_bytes: int | None = None  # budget of all sandboxes together; None = 80% of RAM
     total_cpus: float | None = None  # None = no quota on the whole service
     sandbox_uid: int = 10001
@@ -235,6 +235,7 @@ class Settings:
     run_rate_limit: tuple[int, float] | None = (120, 60.0)
     shutdown_grace_s: float = 30.0
     notify_socket: str | None = None  # systemd's NOTIFY_SOCKET (Type=notify)
+    invocation_id: str | None = None  # systemd's INVOCATION_ID: started by systemd
 
     def __repr__(self) -> str:  # never print the token
         shown = dataclasses.replace(self, api_token="***" if self.api_token else None)
@@ -356,6 +357,7 @@ class Settings:
             run_rate_limit=read("SANDBOX_RUN_RATE_LIMIT", parse_rate, default.run_rate_limit),
             shutdown_grace_s=read("SANDBOX_SHUTDOWN_GRACE", parse_duration, default.shutdown_grace_s),
             notify_socket=get("NOTIFY_SOCKET"),
+            invocation_id=get("INVOCATION_ID"),
             log_level=read("SANDBOX_LOG_LEVEL",
                            lambda n, v: parse_choice(n, v, ("debug", "info", "warning", "error")).upper(),
                            default.log_level),

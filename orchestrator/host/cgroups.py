@@ -11,6 +11,10 @@ Both hierarchies are supported:
 v1 (hybrid hosts)  <root>/<controller>/<parent>/<id> for memory, pids, cpu, cpuacct
 v2 (unified)       <root>/<parent>/<id>, with memory, pids, cpu enabled in the parents
 
+Inside a unit systemd delegated to us (``host.placement``), ``delegated`` is the unit's cgroup:
+nothing above it is written, the service process moves to a leaf of its own first
+(``enter_leaf``), and v2 controllers are enabled from the unit down.
+
 The cgroup root is injected, so the logic runs against a temp dir in unit tests.
 """
 
@@ -83,9 +87,12 @@ def _read_key(path: pathlib.Path, key: str) -> int | None:
 
 
 class Cgroups:
-    def __init__(self, root: pathlib.Path, parent: str):
+    def __init__(self, root: pathlib.Path, parent: str, *, delegated: str | None = None):
         self.root = root
         self.parent = parent.strip("/")
+        self.delegated = delegated.strip("/") if delegated is not None else None
+        if self.delegated is not None and not self.parent.startswith(self.delegated + "/"):
+            raise HostError(f"place cgroups: parent /{self.parent} is not inside the delegated /{self.delegated}")
         self.version = detect_version(root)
 
     def cgroups_path(self, sandbox_id: str) -> str:
@@ -139,21 +146,40 @@ class Cgroups:
         if limits.pids is not None:
             files.append((pids / "pids.max", str(limits.pids)))
         if limits.cpus is not None:
+            # v1 refuses a quota above an ancestor's (EINVAL; v2 just applies the smaller one):
+            # a unit's CPUQuota= or SANDBOX_TOTAL_CPUS below SANDBOX_MAX_CPUS would fail every sandbox.
+            cores = min(limits.cpus, self._v1_cpu_ceiling(cpu))
             files += [(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US)),
-                      (cpu / "cpu.cfs_quota_us", str(int(limits.cpus * CPU_PERIOD_US)))]
+                      (cpu / "cpu.cfs_quota_us", str(int(cores * CPU_PERIOD_US)))]
         if limits.cpu_weight is not None:
             files.append((cpu / "cpu.shares", str(_v1_shares(limits.cpu_weight))))
         return files
+
+    def _v1_cpu_ceiling(self, node: pathlib.Path) -> float:
+        """The smallest CPU quota (in cores) of ``node``'s ancestors in the v1 cpu hierarchy."""
+        ceiling = float("inf")
+        top = self.root / "cpu"
+        ancestor = node.parent
+        while ancestor != top and top in ancestor.parents:
+            quota, period = _read_int(ancestor / "cpu.cfs_quota_us"), _read_int(ancestor / "cpu.cfs_period_us")
+            if quota is not None and quota > 0 and period:
+                ceiling = min(ceiling, quota / period)
+            ancestor = ancestor.parent
+        return ceiling
 
     # -- parent -----------------------------------------------------------------------------
 
     def prepare(self, totals: CgroupLimits = CgroupLimits()) -> None:
         """Create the parent (idempotent) with the service's total budget; on v2 enable our
-        controllers down to it."""
+        controllers down to it (from the delegated unit down, when there is one)."""
         try:
             if self.version == 2:
                 node = self.root
-                for part in pathlib.PurePosixPath(self.parent).parts:
+                below = pathlib.PurePosixPath(self.parent)
+                if self.delegated is not None:
+                    node = self.root / self.delegated
+                    below = below.relative_to(self.delegated)
+                for part in below.parts:
                     self._enable_controllers(node)
                     node = node / part
                     node.mkdir(exist_ok=True)
@@ -170,11 +196,63 @@ class Cgroups:
             raise HostError(f"prepare cgroup parent {self.parent}: {exc}") from exc
 
     def _enable_controllers(self, node: pathlib.Path) -> None:
+        self._check_controllers(node)
+        (node / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in V2_CONTROLLERS))
+
+    def _check_controllers(self, node: pathlib.Path) -> None:
         available = (node / "cgroup.controllers").read_text().split()
         missing = set(V2_CONTROLLERS) - set(available)
         if missing:
             raise HostError(f"prepare cgroups: v2 controllers {sorted(missing)} are not available in {node}")
-        (node / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in V2_CONTROLLERS))
+
+    def verify(self) -> None:
+        """What ``prepare`` needs, checked without writing anything: ``doctor`` runs inside the
+        delegated unit before the service, and a v2 unit that hands controllers to children
+        could no longer take the service's main process."""
+        try:
+            if self.version == 2:
+                base = self.root / (self.delegated or "")
+                self._check_controllers(base)
+                writable = os.access(base, os.W_OK)
+            else:
+                missing = [c for c in V1_CONTROLLERS if not (self.root / c).is_dir()]
+                if missing:
+                    raise HostError(f"prepare cgroups: v1 controllers {missing} are not mounted under {self.root}")
+                writable = all(os.access(self.root / c, os.W_OK) for c in V1_CONTROLLERS)
+        except OSError as exc:
+            raise HostError(f"check cgroup parent {self.parent}: {exc}") from exc
+        if not writable:
+            raise HostError(f"check cgroup parent {self.parent}: not writable (run as root)")
+
+    # -- the service process ----------------------------------------------------------------
+
+    def _hierarchy(self, key: str) -> pathlib.Path:
+        """Directory of a hierarchy named as in /proc/<pid>/cgroup (``memory``, ``name=systemd``,
+        ``""`` for the unified one: the root on v2, ``unified`` on hybrid hosts)."""
+        if key == "":
+            return self.root if self.version == 2 else self.root / "unified"
+        return self.root / key.removeprefix("name=")
+
+    def enter_leaf(self, leaf: str, pid: int, own: dict[str, str]) -> list[pathlib.Path]:
+        """Move process ``pid`` from the delegated unit's cgroup into ``leaf`` below it, in every
+        hierarchy where ``own`` (its /proc/<pid>/cgroup) places it in the unit.  Returns the
+        leaves it now lives in."""
+        if self.delegated is None or not leaf.strip("/").startswith(self.delegated + "/"):
+            raise HostError(f"move the service into /{leaf}: not inside a delegated unit")
+        moved = []
+        for key, path in sorted(own.items()):
+            if path.strip("/") != self.delegated:
+                continue
+            target = self._hierarchy(key) / leaf.strip("/")
+            try:
+                target.mkdir(exist_ok=True)
+                (target / "cgroup.procs").write_text(str(pid))
+            except OSError as exc:
+                raise HostError(f"move the service into {target}: {exc}") from exc
+            moved.append(target)
+        if not moved:
+            raise HostError(f"move the service into /{leaf}: it is in /{self.delegated} in no hierarchy")
+        return moved
 
     def remove_parent(self) -> None:
         """Remove our (empty) parent cgroup(s): ``make clean`` and tests use it."""

@@ -11,6 +11,10 @@ With a size, the workspace is a tmpfs of its own mounted on the host (``size=``,
 sandbox uid), so a program filling its disk gets ENOSPC and the host's disks are untouched;
 unmounting it and removing the directory is the whole undo.  ``list_sandbox_dirs`` lets
 start-up reap leftovers.
+
+Every mode is set explicitly (``chmod``/``fchmod`` after creating), never left to the umask:
+a unit's ``UMask=0027`` once turned main.js's 0444 into a root-only 0440 that the sandbox uid
+could not read.
 """
 
 from __future__ import annotations
@@ -73,14 +77,16 @@ def create_sandbox_dirs(state_dir: pathlib.Path, sandbox_id: str, uid: int, gid:
     """The sandbox's directories; with ``size_bytes`` the workspace is a tmpfs of that size."""
     dirs = SandboxDirs(sandboxes_dir(state_dir) / sandbox_id)
     try:
-        sandboxes_dir(state_dir).mkdir(mode=0o711, parents=True, exist_ok=True)
-        dirs.root.mkdir(mode=0o711)
-        dirs.bundle.mkdir(mode=0o700)
-        dirs.workspace.mkdir(mode=0o755)
+        sandboxes_dir(state_dir).mkdir(parents=True, exist_ok=True)
+        os.chmod(sandboxes_dir(state_dir), 0o711)
+        _make_dir(dirs.root, 0o711)
+        _make_dir(dirs.bundle, 0o700)
+        _make_dir(dirs.workspace, 0o755)
         if size_bytes is not None:
             _mount_tmpfs(dirs.workspace, size_bytes, uid, gid)
         os.chown(dirs.workspace, uid, gid)
-        (dirs.workspace / "artifacts").mkdir(mode=0o755)
+        os.chmod(dirs.workspace, 0o755)
+        _make_dir(dirs.workspace / "artifacts", 0o755)
         os.chown(dirs.workspace / "artifacts", uid, gid)
     except OSError as exc:
         remove_sandbox_dirs(dirs)
@@ -88,12 +94,20 @@ def create_sandbox_dirs(state_dir: pathlib.Path, sandbox_id: str, uid: int, gid:
     return dirs
 
 
+def _make_dir(path: pathlib.Path, mode: int) -> None:
+    """mkdir, then the exact mode whatever the umask took away."""
+    path.mkdir(mode=mode)
+    os.chmod(path, mode)
+
+
 def write_workspace_file(dirs: SandboxDirs, name: str, data: bytes) -> None:
-    """Put a file the program reads (its source, its arguments) into the workspace, read-only."""
+    """Put a file the program reads (its source, its arguments) into the workspace: owned by
+    root, 0444 whatever the umask (the sandbox uid reads it as "other")."""
     path = dirs.workspace / name
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o444)
             handle.write(data)
     except OSError as exc:
         raise HostError(f"write {path}: {exc}") from exc

@@ -53,8 +53,18 @@ def snapshot_dir(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture
-async def make_service(test_env, mode, snapshot_dir):
-    """Factory: ``await make_service(SANDBOX_X=...)`` starts a service with extra settings.
+def strict_umask():
+    """The service runs with the strictest umask a unit could give it (systemd's UMask=0077):
+    every file and directory a sandbox reads or writes must get its mode explicitly."""
+    old = os.umask(0o077)
+    yield
+    os.umask(old)
+
+
+@pytest.fixture
+async def make_service(test_env, mode, snapshot_dir, strict_umask):
+    """Factory: ``await make_service(SANDBOX_X=...)`` starts a service with extra settings,
+    under umask 0077.
 
     In warm mode each pool a test's code routes to has one member, and ``run`` waits for it
     and checks that the request was served warm; in restored mode ``run`` waits for the

@@ -326,3 +326,22 @@ def test_v1_prepare_refuses_a_hierarchy_without_our_controllers(tmp_path):
     with pytest.raises(HostError, match=r"v1 controllers \['pids'\] are not mounted"):
         Cgroups(tmp_path, "svc").prepare()
     assert not (tmp_path / "pids").exists() and not (tmp_path / "memory" / "svc").exists()
+
+
+def test_v1_cpu_quota_is_clamped_to_the_ancestors(v1_root):
+    """v1 refuses a child's quota above an ancestor's (EINVAL): under a unit with CPUQuota=50%
+    (or SANDBOX_TOTAL_CPUS=0.5) a 1-core sandbox gets 0.5 core, as v2 would apply it."""
+    unit = v1_root / "cpu" / "system.slice" / "x.service"
+    unit.mkdir(parents=True)
+    (unit / "cpu.cfs_quota_us").write_text("50000\n")
+    (unit / "cpu.cfs_period_us").write_text("100000\n")
+    (v1_root / "cpu" / "system.slice" / "cpu.cfs_quota_us").write_text("-1\n")
+    cgroups = Cgroups(v1_root, "system.slice/x.service/sandboxes")
+    cgroups.prepare(CgroupLimits(cpus=4))
+    assert (unit / "sandboxes" / "cpu.cfs_quota_us").read_text() == "50000"
+    (unit / "sandboxes" / "cpu.cfs_quota_us").write_text("30000\n")  # SANDBOX_TOTAL_CPUS=0.3
+    (unit / "sandboxes" / "cpu.cfs_period_us").write_text("100000\n")
+    cgroups.create("sb-1", CgroupLimits(cpus=1))
+    assert (unit / "sandboxes" / "sb-1" / "cpu.cfs_quota_us").read_text() == "30000"
+    cgroups.create("sb-2", CgroupLimits(cpus=0.2))
+    assert (unit / "sandboxes" / "sb-2" / "cpu.cfs_quota_us").read_text() == "20000"

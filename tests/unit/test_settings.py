@@ -259,3 +259,10 @@ def test_pids_floor_leaves_room_for_gvisor_itself():
 def test_log_format_and_notify_socket():
     settings = Settings.from_env({"SANDBOX_LOG_FORMAT": "JSON", "NOTIFY_SOCKET": "/run/systemd/notify"})
     assert settings.log_format == "json" and settings.notify_socket == "/run/systemd/notify"
+
+
+def test_cgroup_parent_is_automatic_unless_set_and_invocation_id_is_read():
+    settings = Settings.from_env({})
+    assert settings.cgroup_parent is None and settings.invocation_id is None  # host.placement decides
+    settings = Settings.from_env({"INVOCATION_ID": "5d2b0c9e", "SANDBOX_CGROUP_PARENT": "x"})
+    assert settings.invocation_id == "5d2b0c9e" and settings.cgroup_parent == "x"
