@@ -79,6 +79,12 @@ class SandboxHost:
     network: object | None = None  # egress mode: host.netns.SandboxNetworks; None: runsc's own empty netns
 
 
+def preload_env(language: Language, preload: bool) -> dict[str, str]:
+    """What the runner is started with beyond the language's env (part of a snapshot's key:
+    a restore must see the spec its image was checkpointed with)."""
+    return {"SANDBOX_PRELOAD": ",".join(language.preload)} if preload and language.preload else {}
+
+
 def sandbox_spec(language: Language, host: SandboxHost, rootfs_tree: pathlib.Path, extra_env: dict[str, str], *,
                  workspace: str, cgroups_path: str, netns_path: str | None, sandbox_id: str) -> dict:
     """The validated OCI config of a sandbox (pure: the snapshot store builds it with
@@ -195,9 +201,7 @@ class Sandbox:
         log.debug("sandbox=%s booted in %.0f ms preload=%s", self.id, self.boot_ms, self.preload)
 
     def boot_env(self) -> dict[str, str]:
-        """What the runner is started with beyond the language's env (part of a snapshot's key:
-        a restore must see the spec its image was checkpointed with)."""
-        return {"SANDBOX_PRELOAD": ",".join(self.language.preload)} if self.preload else {}
+        return preload_env(self.language, self.preload)
 
     def spec(self, extra_env: dict[str, str]) -> dict:
         assert self._dirs is not None

@@ -34,7 +34,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.runtime.argv import RunscConfig, global_flags, needs_netns_workaround
 from orchestrator.runtime.reaper import become_subreaper
 from orchestrator.runtime.runsc import RunscInfo, RunscRuntime, probe_runsc
-from orchestrator.sandbox import Sandbox, SandboxHost, sandbox_spec
+from orchestrator.sandbox import Sandbox, SandboxHost, preload_env, sandbox_spec
 from orchestrator.settings import Settings
 from orchestrator.snapshot import KeyInputs, ProfileSpec, SnapshotStore, digest_file, file_identity
 from rootfs_builder.errors import RootfsError
@@ -156,9 +156,9 @@ def make_snapshot_store(settings: Settings, info: RunscInfo | None, runtime, exe
     def profile_parts(profile: ProfileSpec) -> dict:
         language = languages[profile.language]
         tree = rootfs_tree(profile)
-        env = {"SANDBOX_PRELOAD": ",".join(language.preload)} if profile.preload and language.preload else {}
         host = executor.host
-        spec = sandbox_spec(language, host, tree, env, workspace="/placeholder/workspace",
+        spec = sandbox_spec(language, host, tree, preload_env(language, profile.preload),
+                            workspace="/placeholder/workspace",
                             cgroups_path="/placeholder/cgroup",
                             netns_path=f"{NETNS_DIR}/placeholder" if host.network is not None else None,
                             sandbox_id="placeholder")
