@@ -86,6 +86,23 @@ def _read_key(path: pathlib.Path, key: str) -> int | None:
     return None
 
 
+def _remove_dirs(directories: list[pathlib.Path], wait_s: float) -> None:
+    """rmdir each cgroup directory, retrying while it is busy (tasks still exiting) up to
+    ``wait_s`` in all; one already gone is fine."""
+    deadline = time.monotonic() + wait_s
+    for directory in directories:
+        while True:
+            try:
+                os.rmdir(directory)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise HostError(f"remove cgroup {directory}: {exc}") from exc
+                time.sleep(0.02)
+
+
 class Cgroups:
     def __init__(self, root: pathlib.Path, parent: str, *, delegated: str | None = None):
         self.root = root
@@ -254,15 +271,10 @@ class Cgroups:
             raise HostError(f"move the service into /{leaf}: it is in /{self.delegated} in no hierarchy")
         return moved
 
-    def remove_parent(self) -> None:
-        """Remove our (empty) parent cgroup(s): ``make clean`` and tests use it."""
-        for directory in self._all_dirs(None):
-            try:
-                os.rmdir(directory)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise HostError(f"remove cgroup {directory}: {exc}") from exc
+    def remove_parent(self, *, wait_s: float = 2.0) -> None:
+        """Remove our (empty) parent cgroup(s): ``make clean`` and tests use it.  Waits briefly
+        while a runsc process that is still exiting keeps one busy."""
+        _remove_dirs(self._all_dirs(None), wait_s)
 
     # -- sandboxes --------------------------------------------------------------------------
 
@@ -313,18 +325,7 @@ class Cgroups:
     def remove(self, sandbox_id: str, *, wait_s: float = 2.0) -> None:
         """Remove the sandbox's cgroup(s) in every hierarchy; waits briefly while the last
         tasks exit."""
-        deadline = time.monotonic() + wait_s
-        for directory in self._all_dirs(sandbox_id):
-            while True:
-                try:
-                    os.rmdir(directory)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                        raise HostError(f"remove cgroup {directory}: {exc}") from exc
-                    time.sleep(0.02)
+        _remove_dirs(self._all_dirs(sandbox_id), wait_s)
 
     def list_sandboxes(self) -> list[str]:
         """Ids of the sandbox cgroups present under our parent (for reaping)."""
