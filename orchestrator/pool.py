@@ -24,7 +24,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from orchestrator.admission import REFILL, StartGate
@@ -52,9 +52,12 @@ class Profile:
 class SandboxPool:
     def __init__(self, profile: Profile, factory: Callable[[], Sandbox], *, boot_slots: asyncio.Semaphore,
                  max_age_s: float = 1800.0, on_boot: Callable[[float], None] | None = None,
-                 start_gate: StartGate | None = None):
+                 start_gate: StartGate | None = None, before_start: Callable[[], Awaitable[None]] | None = None):
+        """``before_start``: awaited before each member is made (the executor waits there for
+        the profile's snapshot image while it is being made)."""
         self.profile = profile
         self._start_gate = start_gate
+        self._before_start = before_start
         self._factory = factory
         self._boot_slots = boot_slots
         self._max_age_s = max_age_s
@@ -167,6 +170,8 @@ class SandboxPool:
         """Boot one member (waiting for a boot slot); True on success."""
         self._booting += 1
         try:
+            if self._before_start is not None:
+                await self._before_start()
             async with self._boot_slots:
                 sandbox = self._factory()
                 try:

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 MAKING_PREFIX = ".making-"
 META = "image.json"
 RETRY_S = 300.0
+UNSETTLED = ("pending", "making", "proving")  # an image may be ready in a moment
 # A profile keeps booting only when a restore is clearly slower than a boot: near parity (a plain
 # Python: ~0.2 s either way on an idle host) a restore still costs less CPU (135 vs 160 ms
 # measured here, teardown included), which is what counts under load.
@@ -126,6 +127,7 @@ class _ProfileState:
     failed_at: float = 0.0
     makes: int = 0
     make_ms: float | None = None
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set while not UNSETTLED
 
 
 def directory_size(path: pathlib.Path) -> int:
@@ -234,6 +236,16 @@ class SnapshotStore:
         image = state.image
         image.leases += 1
         return Lease(image, self._release)
+
+    async def settled(self, profile_key: str, timeout: float) -> None:
+        """Return once the profile's image is ready or is not coming soon (off, failed,
+        slower), or after ``timeout``: a pool then starts its members from the image instead
+        of booting them the slow way a moment before it is ready."""
+        state = self._profiles.get(profile_key)
+        if state is None or state.state not in UNSETTLED:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(state.settled.wait(), timeout)
 
     async def wait_ready(self, profile_key: str, timeout: float = 120.0) -> Image:
         """Wait until the profile's image is ready (tests and benchmarks)."""
@@ -482,3 +494,7 @@ class SnapshotStore:
 
     def _set(self, state: _ProfileState, name: str, reason: str | None) -> None:
         state.state, state.reason = name, reason
+        if name in UNSETTLED:
+            state.settled.clear()
+        else:
+            state.settled.set()

@@ -199,3 +199,21 @@ def test_key_inputs_follow_the_runsc_binary_without_hashing_it_on_a_request(tmp_
     second = inputs.key(PYTHON)
     assert second != first and inputs.key(PYTHON, rehash=False) == second
     assert KeyInputs(binary, "0.0~20240729.0", ["--platform=systrap"], lambda p: {"spec": {"x": 1}}).key(PYTHON) != second
+
+
+async def test_a_pool_waits_for_its_image_instead_of_booting_the_slow_way(host, tmp_path):
+    settings = Settings(state_dir=host.state_dir, pool_size=1, pool_sizes={"python_preload": 0, "nodejs": 0,
+                                                                           "nodejs_preload": 0})
+    executor = Executor(settings, LANGUAGES, {name: tmp_path / "tree" for name in LANGUAGES}, host)
+    store = make_store(host, tmp_path)
+    executor.snapshots = store
+    store.start()
+    executor.start_pools()
+    try:
+        await executor.pools["python"].wait_ready(timeout=30)
+        status = executor.pools["python"].status()
+        assert status["restores"] == 1 and status["boots"] == 0, status
+        execution = await executor.execute(RunRequest("python", "def main():\n    return 3\n", {}))
+        assert execution.start == "warm" and execution.result["result"]["value"] == 3
+    finally:
+        await executor.close()
