@@ -153,16 +153,23 @@ def make_snapshot_store(settings: Settings, info: RunscInfo | None, runtime, exe
             files.append(language.definition_dir / language.runner)
         language_digests[name] = [digest_file(path) for path in files if path.is_file()]
 
+    known: dict[str, tuple[tuple, dict]] = {}  # profile -> (tree identity, parts): specs are built on a change only
+
     def profile_parts(profile: ProfileSpec) -> dict:
         language = languages[profile.language]
         tree = rootfs_tree(profile)
+        identity = file_identity(tree)
+        if profile.key in known and known[profile.key][0] == identity:
+            return known[profile.key][1]
         host = executor.host
         spec = sandbox_spec(language, host, tree, preload_env(language, profile.preload),
                             workspace="/placeholder/workspace",
                             cgroups_path="/placeholder/cgroup",
                             netns_path=f"{NETNS_DIR}/placeholder" if host.network is not None else None,
                             sandbox_id="placeholder")
-        return {"language": language_digests[profile.language], "rootfs": list(file_identity(tree)), "spec": spec}
+        parts = {"language": language_digests[profile.language], "rootfs": list(identity), "spec": spec}
+        known[profile.key] = (identity, parts)
+        return parts
 
     inputs = None
     if info is not None and isinstance(runtime, RunscRuntime):
