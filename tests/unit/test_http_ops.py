@@ -124,7 +124,7 @@ async def test_openapi_describes_real_responses(make_client):
     client = await make_client()
     document = await (await client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.1")
-    assert set(document["paths"]) >= {"/", "/healthz", "/run", "/status", "/metrics"}
+    assert set(document["paths"]) >= {"/", "/healthz", "/readyz", "/run", "/status", "/metrics"}
     result_schema = _validator(document, "CodeExecutionResult")
     for payload in (HELLO,
                     {"code_b64": base64.b64encode(b"def main():\n    raise ValueError('x')\n").decode()},
@@ -135,6 +135,13 @@ async def test_openapi_describes_real_responses(make_client):
     assert bad.status == 422
     _validator(document, "ValidationError").validate(await bad.json())
     _validator(document, "Health").validate(await (await client.get("/healthz")).json())
+    _validator(document, "Readiness").validate(await (await client.get("/readyz")).json())
+    client.server.app[STATE].drain.begin()
+    _validator(document, "Readiness").validate(await (await client.get("/readyz")).json())
+    client.server.app[STATE].drain.close()
+    refused = await client.post("/run", json=HELLO)
+    assert refused.status == 503 and "503" in document["paths"]["/run"]["post"]["responses"]
+    result_schema.validate(await refused.json())
     _validator(document, "RunRequest").validate(HELLO)
 
 
