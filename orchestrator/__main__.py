@@ -18,7 +18,7 @@ from aiohttp import web
 from orchestrator import balancer
 from orchestrator.errors import ServiceError
 from orchestrator.http.app import REQUEST_ID, create_app
-from orchestrator.service import start_service
+from orchestrator.service import Service, start_service
 from orchestrator.settings import Settings
 
 log = logging.getLogger("orchestrator")
@@ -97,15 +97,16 @@ async def serve(settings: Settings) -> None:
     site = web.TCPSite(runner, settings.host, settings.port)
     agent = None
     try:
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ServiceError(f"listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
         if settings.lb_agent_port is not None:
             agent = await balancer.start_agent(settings.host, settings.lb_agent_port, service.executor.load, drain)
-    except (OSError, ServiceError) as exc:
+    except ServiceError:
         await runner.cleanup()
         await service.close()
-        if isinstance(exc, ServiceError):
-            raise
-        raise ServiceError(f"listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
+        raise
     log.info("listening on http://%s:%d (languages: %s)%s", settings.host, settings.port,
              ", ".join(sorted(service.languages)),
              f", HAProxy agent on port {settings.lb_agent_port}" if agent is not None else "")
@@ -114,7 +115,7 @@ async def serve(settings: Settings) -> None:
     install_stop_handlers(asyncio.get_running_loop(), stop)
     await stop.wait()
     await drain_and_stop(settings, service, drain)
-    if agent is not None:
+    if agent is not None:  # it said 0% until now
         agent.close()
         await agent.wait_closed()
     await service.close()
@@ -122,7 +123,7 @@ async def serve(settings: Settings) -> None:
     log.info("stopped")
 
 
-async def drain_and_stop(settings: Settings, service, drain: balancer.Drain) -> None:
+async def drain_and_stop(settings: Settings, service: Service, drain: balancer.Drain) -> None:
     """Graceful stop (orchestrator.balancer): tell the balancer first (the agent says 0%,
     /readyz 503) and keep taking runs for the drain delay while it notices, when a balancer
     checks this node; then refuse new runs (HTTP 503, safe to retry elsewhere) and let running

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 SERVING, DRAINING, CLOSING = "serving", "draining", "closing"
 UNSTARTABLE_AFTER = 3  # failed starts in a row after which no sandbox "can start"
-UNSTARTABLE_FOR_S = 30.0  # ... as long as the last of them is this recent
+UNSTARTABLE_FOR_S = 60.0  # ... as long as the last of them is this recent (pools retry at least every 30 s)
 BALANCER_SEEN_S = 60.0  # a check this recent means a balancer sends us runs
 AGENT_WRITE_TIMEOUT_S = 2.0
 

@@ -195,6 +195,19 @@ class NodeProcess:
         assert self.process is not None
         return self.process.wait(timeout=timeout)
 
+    def stop(self) -> int | None:
+        """SIGTERM (the drain), then SIGKILL if it does not exit in time; its exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+        try:
+            return self.wait_exit()
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return None
+
     def executed(self, life: int | None = None) -> dict[str, str | None]:
         """request id -> result status (None: handed to a sandbox, never finished) per the logs."""
         found: dict[str, str | None] = {}
