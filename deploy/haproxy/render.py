@@ -22,8 +22,11 @@ import pathlib
 import re
 import string
 import sys
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from orchestrator import outcome
 
 TEMPLATE = pathlib.Path(__file__).resolve().parent / "haproxy.cfg.in"
 START_MARGIN_S = 30  # a sandbox's start under load (a pandas boot without a snapshot) and the result
@@ -64,6 +67,29 @@ def _seconds(value: float) -> str:
     return f"{math.ceil(value)}s"
 
 
+def error_bodies(server_timeout: str) -> dict[int, dict]:
+    """The answers HAProxy makes itself, in the contract's result shape (stdout "", stderr set):
+    503 (no node can take the run, or none freed a slot within the queue timeout: no sandbox saw
+    the code, the -10 body), 502 (the node died or broke off in the middle of the run) and 504
+    (no answer within ``timeout server``): the run may have executed, -3."""
+    return {
+        503: outcome.busy_result(),
+        502: outcome.internal_error_result("the node running this code stopped before it answered; "
+                                           "the code may have run (HAProxy: 502)"),
+        504: outcome.internal_error_result(f"no answer from the node within {server_timeout}; "
+                                           "the code may have run (HAProxy: 504)"),
+    }
+
+
+def _http_errors(server_timeout: str) -> str:
+    lines = []
+    for status, body in error_bodies(server_timeout).items():
+        text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+        assert "'" not in text  # the config's single quotes hold it as it is
+        lines.append(f"    http-error status {status} content-type application/json string '{text}'")
+    return "\n".join(lines)
+
+
 def render(nodes: Sequence[Node], *, agent_port: int, maxconn: int, run_timeout_s: float, queue_timeout_s: float,
            bind: str = "127.0.0.1:9385", stats_socket: str = "/run/haproxy/admin.sock", log_target: str = "/dev/log",
            user: str | None = "haproxy", template: str | None = None) -> str:
@@ -76,11 +102,12 @@ def render(nodes: Sequence[Node], *, agent_port: int, maxconn: int, run_timeout_
     if not 1 <= agent_port <= 65535 or maxconn < 1:
         raise RenderError("agent port must be 1-65535 and maxconn at least 1")
     user_lines = f"    user {user}\n    group {user}\n" if user else ""
+    server_timeout = _seconds(queue_timeout_s + run_timeout_s + START_MARGIN_S)
     values = {
         "node_count": len(nodes), "agent_port": agent_port, "maxconn": maxconn, "bind": bind,
         "stats_socket": stats_socket, "log_target": log_target, "user_lines": user_lines,
         "run_timeout": _seconds(run_timeout_s), "queue_timeout": _seconds(queue_timeout_s),
-        "server_timeout": _seconds(queue_timeout_s + run_timeout_s + START_MARGIN_S),
+        "server_timeout": server_timeout, "http_errors": _http_errors(server_timeout),
         "check_inter": f"{CHECK_INTER_S}s", "agent_inter": f"{CHECK_INTER_S}s", "fall": FALL,
         "min_drain_delay": f"{CHECK_INTER_S * (FALL + 1)}s",
         "servers": "\n".join(f"    server {node.name} {node.address}" for node in nodes),

@@ -49,6 +49,7 @@ class Run:
     sent: float
     done: float = 0.0
     http: int | None = None
+    exit_code: int | None = None
     outcome: str = "pending"  # "ok", or what went wrong
 
     @property
@@ -77,6 +78,7 @@ class ClosedLoop:
                     run.http = response.status
                     text = await response.text()
                 body = json.loads(text) if text.startswith("{") else {}
+                run.exit_code = body.get("exit_code")
                 value = (body.get("result") or {}).get("value")
                 if response.status == 200 and body.get("status") == "success" and value == run.id:
                     run.outcome = "ok"
@@ -215,7 +217,7 @@ async def test_three_nodes_behind_haproxy_lose_no_run(cluster):
     for run in failed:
         assert run.sent < marks["dead"] and run.done >= marks["kill"], summary["failures"]  # in flight at the kill
         assert routed.get(run.id, {}).get("server") == node1.name, summary["failures"]
-        assert run.http is not None and run.http >= 500, summary["failures"]  # HAProxy's answer, not a hang
+        assert (run.http, run.exit_code) == (502, -3), summary["failures"]  # HAProxy's answer in the contract's shape
         assert run.done - marks["kill"] < NOTICE_S, summary["failures"]
         assert handed[run.id] <= 1 and (run.id not in handed or run.id in executed[(node1.name, 0)])
     assert unfinished and unfinished <= {run.id for run in failed}  # one killed in its sandbox is never retried

@@ -3,13 +3,16 @@ own verdict on it (``haproxy -c``)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from deploy.haproxy.render import Node, RenderError, parse_node, render
+from orchestrator import outcome
 from tests.conftest import REPO, require_haproxy
 
 NODES = [Node("node1", "10.0.0.11:9385"), Node("node2", "10.0.0.12:9385"), Node("b3", "[fd00::13]:9385")]
@@ -37,6 +40,24 @@ def test_what_the_issue_asks_of_the_config():
     # never retried where the run may have executed
     assert not any(word in line for line in config if line.startswith("retry-on")
                    for word in ("empty-response", "response-timeout", "junk-response", "all-retryable-errors"))
+
+
+def test_haproxys_own_answers_are_result_bodies():
+    """502/503/504 that HAProxy makes itself keep RAGFlow's rules: every key, stdout "", stderr set."""
+    errors = {}
+    for line in lines(rendered()):
+        if line.startswith("http-error"):
+            match = re.fullmatch(r"http-error status (\d+) content-type application/json string '(.*)'", line)
+            assert match, line
+            errors[int(match.group(1))] = json.loads(match.group(2))
+    assert set(errors) == {502, 503, 504}
+    keys = set(outcome.empty_result())
+    for status, body in errors.items():
+        assert set(body) == keys and body["stdout"] == "" and body["stderr"], status
+        assert body["status"] == "program_runner_error" and body["result"] is None
+    assert errors[503]["exit_code"] == -10  # nothing ran: no node, or no slot within the queue timeout
+    assert errors[502]["exit_code"] == errors[504]["exit_code"] == -3  # the run may have executed
+    assert "50s" in errors[504]["stderr"]
 
 
 def test_timeouts_follow_the_run_timeout():
