@@ -115,7 +115,7 @@ async def get(url: str) -> tuple[int, dict]:
 
 async def test_sigterm_tells_the_balancer_first_serves_the_delay_then_refuses_with_503(start_server):
     agent_port = free_port()
-    server = start_server(SANDBOX_LB_AGENT_PORT=str(agent_port), SANDBOX_DRAIN_DELAY="3s", SANDBOX_TIMEOUT="20s",
+    server = start_server(SANDBOX_LB_AGENT_PORT=str(agent_port), SANDBOX_DRAIN_DELAY="4s", SANDBOX_TIMEOUT="20s",
                           SANDBOX_MAX_CONCURRENCY="4", SANDBOX_SHUTDOWN_GRACE="20s")
     assert re.fullmatch(r"\d{1,3}% maxconn:4 up\n", await agent_line(agent_port))  # a balancer checks us
     assert (await get(server.url + "/readyz"))[0] == 200
@@ -128,8 +128,8 @@ async def test_sigterm_tells_the_balancer_first_serves_the_delay_then_refuses_wi
     status, body = await post_run(server.url, {"code_b64": b64("def main():\n    return 'late'\n")})
     assert status == 200 and body["result"]["value"] == "late"
     long_run = asyncio.create_task(post_run(server.url, {"code_b64": b64(
-        "import time\ndef main():\n    time.sleep(4)\n    return 'finished'\n")}))
-    await asyncio.sleep(max(0.0, drained_at + 3.5 - time.monotonic()))
+        "import time\ndef main():\n    time.sleep(6)\n    return 'finished'\n")}))
+    await asyncio.sleep(max(0.0, drained_at + 4.5 - time.monotonic()))
     status, body = await post_run(server.url, {"code_b64": b64("def main():\n    return 'too late'\n")})
     assert status == 503 and body["exit_code"] == -10 and body["stdout"] == ""  # refused, safe to retry elsewhere
     assert (await long_run)[1]["result"]["value"] == "finished"
