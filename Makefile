@@ -13,7 +13,8 @@ ENV_FILE    ?= .env
 PORT        ?= $(or $(SANDBOX_EXECUTOR_MANAGER_PORT),9385)
 # runsc comes from tools/setup-runsc.sh (bookworm-backports on bookworm).
 # docker.io: only the real-systemd test uses it, with a private dockerd of its own (tests/systemd).
-APT_PACKAGES := mmdebstrap nftables docker.io
+# haproxy: the balancer of deploy/haproxy, used by the multi-node test (tests/cluster).
+APT_PACKAGES := mmdebstrap nftables docker.io haproxy
 # bookworm's own runsc (0.0~20221219), extracted by `make setup` for the compatibility tests
 RUNSC_COMPAT_DIR ?= .cache/runsc-compat
 RUNSC_COMPAT := $(RUNSC_COMPAT_DIR)/usr/bin/runsc
@@ -24,7 +25,7 @@ LOAD_ENV    := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a; export SAN
 UNIT_DIR    ?= /etc/systemd/system
 CONF_DIR    ?= /etc/gvisor-sandbox
 
-.PHONY: all setup ensure_env build start stop restart status test test-compat test-unit bench doctor logs clean install install-unit uninstall
+.PHONY: all setup ensure_env build start stop restart status test test-compat test-unit bench doctor logs clean install install-unit uninstall haproxy-config
 
 all: setup build start test  ## set up, build the rootfs, start the service, run the tests
 
@@ -91,6 +92,10 @@ test-unit: setup  ## only the unit tests (no root, no runsc)
 
 bench: setup  ## ops benchmark (BENCH_ARGS: --only sustained, --compare-url URL, ...): table + bench-results/bench.json and .png
 	@$(LOAD_ENV) $(PY) -m orchestrator.bench $(BENCH_ARGS)
+
+haproxy-config:  ## HAProxy config for NODES="10.0.0.11:9385 10.0.0.12:9385" (HAPROXY_ARGS: --bind, --agent-port, --maxconn); timeouts from .env
+	@if [ -z "$(NODES)" ]; then echo 'haproxy-config: give the nodes, e.g. make haproxy-config NODES="10.0.0.11:9385 10.0.0.12:9385"'; exit 2; fi
+	@$(LOAD_ENV) $(PY) deploy/haproxy/render.py $(NODES) $(HAPROXY_ARGS)
 
 doctor: setup  ## check this host can run sandboxes; prints the fix for every failure
 	@$(LOAD_ENV) $(PY) -m orchestrator doctor

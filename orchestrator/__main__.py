@@ -15,9 +15,10 @@ import time
 
 from aiohttp import web
 
+from orchestrator import balancer
 from orchestrator.errors import ServiceError
-from orchestrator.http.app import REQUEST_ID, STATE, create_app
-from orchestrator.service import start_service
+from orchestrator.http.app import REQUEST_ID, create_app
+from orchestrator.service import Service, start_service
 from orchestrator.settings import Settings
 
 log = logging.getLogger("orchestrator")
@@ -87,35 +88,58 @@ def install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) 
 
 async def serve(settings: Settings) -> None:
     service = await start_service(settings)
+    drain = balancer.Drain()
     app = create_app(service.executor, max_request_bytes=settings.max_request_bytes, api_token=settings.api_token,
-                     rate_limit=settings.run_rate_limit, metrics=service.metrics)
+                     rate_limit=settings.run_rate_limit, trusted_proxies=settings.trusted_proxies,
+                     metrics=service.metrics, drain=drain)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
+    agent = None
     try:
-        await site.start()
-    except OSError as exc:
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ServiceError(f"listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
+        if settings.lb_agent_port is not None:
+            agent = await balancer.start_agent(settings.host, settings.lb_agent_port, service.executor.load, drain)
+    except ServiceError:
         await runner.cleanup()
         await service.close()
-        raise ServiceError(f"listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
-    log.info("listening on http://%s:%d (languages: %s)", settings.host, settings.port,
-             ", ".join(sorted(service.languages)))
+        raise
+    log.info("listening on http://%s:%d (languages: %s)%s", settings.host, settings.port,
+             ", ".join(sorted(service.languages)),
+             f", HAProxy agent on port {settings.lb_agent_port}" if agent is not None else "")
     notify_systemd(settings, "READY=1")
     stop = asyncio.Event()
     install_stop_handlers(asyncio.get_running_loop(), stop)
     await stop.wait()
-    # Graceful stop: refuse new runs, let running ones finish up to the grace period, then
-    # kill and delete everything that is left.
-    app[STATE].draining = True
+    await drain_and_stop(settings, service, drain)
+    if agent is not None:  # it said 0% until now
+        agent.close()
+        await agent.wait_closed()
+    await service.close()
+    await runner.cleanup()
+    log.info("stopped")
+
+
+async def drain_and_stop(settings: Settings, service: Service, drain: balancer.Drain) -> None:
+    """Graceful stop (orchestrator.balancer): tell the balancer first (the agent says 0%,
+    /readyz 503) and keep taking runs for the drain delay while it notices, when a balancer
+    checks this node; then refuse new runs (HTTP 503, safe to retry elsewhere) and let running
+    ones finish up to the grace period.  What is left is killed and deleted by the caller."""
+    drain.begin()
     notify_systemd(settings, "STOPPING=1")
+    delay = settings.drain_delay_s if drain.balancer_seen() else 0.0
+    if delay:
+        log.info("draining: the balancer is told; taking runs for %.1f s more (SANDBOX_DRAIN_DELAY)", delay)
+        await asyncio.sleep(delay)
+    drain.close()
     deadline = time.monotonic() + settings.shutdown_grace_s
     log.info("shutting down: %d runs in progress, waiting up to %.0f s", service.executor.running,
              settings.shutdown_grace_s)
     while service.executor.running and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    await service.close()
-    await runner.cleanup()
-    log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,10 @@ the old service let pool boots pile up until a pandas boot took 47 s).  ``StartG
 semaphore whose waiters are served by priority, then in arrival order: a request waiting to
 start its sandbox goes before any pool refill, so a hello never waits behind refills of the
 pandas pool longer than the start already running.
+
+Every start passes here, so the gate also keeps the account of how starts end: how many failed
+in a row and when the last one failed.  A node where no sandbox can start says so to its load
+balancer (``orchestrator.balancer``).
 """
 
 from __future__ import annotations
@@ -14,17 +18,22 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 REQUEST = 0  # a request is waiting for this sandbox
 REFILL = 1   # a pool member started ahead of demand
 
 
 class StartGate:
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
+        self._clock = clock
+        self.failed_in_a_row = 0  # starts that raised since the last one that succeeded
+        self.last_failure_at: float | None = None  # clock() of the last failed start
+        self.last_error: str | None = None
         self._busy = 0
         self._waiters: list[tuple[int, int, asyncio.Future]] = []
         self._order = itertools.count()
@@ -43,6 +52,13 @@ class StartGate:
         await self._acquire(priority)
         try:
             yield
+        except Exception as exc:  # the start failed (a cancellation is no verdict on the host)
+            self.failed_in_a_row += 1
+            self.last_failure_at = self._clock()
+            self.last_error = str(exc)[:200]
+            raise
+        else:
+            self.failed_in_a_row = 0
         finally:
             self._release()
 
@@ -70,4 +86,5 @@ class StartGate:
 
     def status(self) -> dict:
         return {"capacity": self.capacity, "busy": self._busy, "waiting": self.waiting,
-                "waited_requests": self.waited[REQUEST], "waited_refills": self.waited[REFILL]}
+                "waited_requests": self.waited[REQUEST], "waited_refills": self.waited[REFILL],
+                "failed_in_a_row": self.failed_in_a_row}

@@ -203,14 +203,20 @@ async def check_state_dir(settings: Settings) -> Check:
 
 
 async def check_port(settings: Settings) -> Check:
-    with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((settings.host, settings.port))
-        except OSError as exc:
-            return Check("port", False, f"{settings.host}:{settings.port}: {exc.strerror}",
-                         "stop what listens there (`ss -ltnp`) or set SANDBOX_EXECUTOR_MANAGER_PORT")
-    return Check("port", True, f"{settings.host}:{settings.port} is free")
+    ports = [(settings.port, "SANDBOX_EXECUTOR_MANAGER_PORT")]
+    if settings.lb_agent_port is not None:
+        ports.append((settings.lb_agent_port, "SANDBOX_LB_AGENT_PORT"))
+    for port, variable in ports:
+        with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((settings.host, port))
+            except OSError as exc:
+                return Check("port", False, f"{settings.host}:{port}: {exc.strerror}",
+                             f"stop what listens there (`ss -ltnp`) or set {variable}")
+    shown = " and ".join(f"{settings.host}:{port}" for port, _ in ports)
+    return Check("port", True, f"{shown} {'is' if len(ports) == 1 else 'are'} free"
+                 + (" (HTTP, HAProxy agent)" if len(ports) > 1 else ""))
 
 
 CHECKS: list[Callable[[Settings], Awaitable[Check]]] = [

@@ -3,7 +3,8 @@
     ServiceError
     ├── ConfigError        a setting or a language definition is invalid (start-up)
     ├── BadRequestError    the client's request cannot be run (HTTP 4xx)
-    ├── CapacityError      no sandbox could be had within the wait (-10 body)
+    ├── CapacityError      refused before any sandbox saw the code: no slot within the
+    │                      wait, or the node drains (HTTP 503, -10 body: safe to retry)
     ├── SandboxError       a sandbox could not be created, booted or driven (-3 body)
     │   ├── RunscError       a runsc command failed or timed out
     │   └── ProtocolError    the in-sandbox runner broke the control protocol
@@ -43,7 +44,12 @@ class BadRequestError(ServiceError):
 
 
 class CapacityError(ServiceError):
-    """No sandbox became free within the configured wait."""
+    """The run was refused before any sandbox saw its code: no concurrency slot became free
+    within the configured wait (``reason`` "busy"), or the node drains ("draining")."""
+
+    def __init__(self, message: str, *, reason: str = "busy"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class SandboxError(ServiceError):

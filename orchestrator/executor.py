@@ -18,6 +18,7 @@ import functools
 import logging
 import multiprocessing
 import pathlib
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from orchestrator import outcome
 from orchestrator.admission import REQUEST, StartGate
 from orchestrator.artifacts import collect_artifacts, has_candidates
+from orchestrator.balancer import Load
 from orchestrator.errors import CapacityError
 from orchestrator.language import Language
 from orchestrator.metrics import Metrics
@@ -82,6 +84,7 @@ class Executor:
         self.metrics = metrics
         self._active: set[Sandbox] = set()
         self.running = 0
+        self.held_slots = 0  # concurrency slots held: running requests and teardowns not yet done
         self.cold_starts = 0
         self.warm_starts = 0
         self.restored_starts = 0
@@ -176,6 +179,16 @@ class Executor:
             "snapshots": self.snapshots.status() if self.snapshots is not None else None,
         }
 
+    def load(self) -> Load:
+        """Capacity now, for the load balancer (``orchestrator.balancer``); cheap enough for
+        every check."""
+        gate = self.start_gate
+        age = None if gate.last_failure_at is None else time.monotonic() - gate.last_failure_at
+        return Load(max_concurrency=self.settings.max_concurrency, held_slots=self.held_slots,
+                    ready_sandboxes=sum(pool.ready_count for pool in self.pools.values()),
+                    pool_size=sum(pool.profile.size for pool in self.pools.values()),
+                    starts_failed_in_a_row=gate.failed_in_a_row, last_start_failure_age_s=age)
+
     # -- requests -------------------------------------------------------------------------
 
     async def execute(self, request: RunRequest) -> Execution:
@@ -189,6 +202,7 @@ class Executor:
             await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
         except asyncio.TimeoutError:
             raise CapacityError(f"acquire sandbox: none free within {self.settings.queue_timeout_s:.0f} s") from None
+        self.held_slots += 1
         self.running += 1
         sandbox: Sandbox | None = None
         try:
@@ -212,6 +226,9 @@ class Executor:
                     self.metrics.observe_boot(profile, sandbox.start_kind, sandbox.boot_ms / 1000)
             job = Job(source=request.source.encode("utf-8"), arguments=request.arguments,
                       timeout_s=self.settings.limits.timeout_s, request_id=request.request_id)
+            # From here on the code is in a sandbox: if the node dies now, this line is what
+            # says the request may have run (nothing may retry it blindly).
+            log.info("request=%s sandbox=%s language=%s running", request.request_id, sandbox.id, language.name)
             record = await sandbox.run(job)
             exclude = frozenset({language.source_file, "arguments.json"})
             if (record.exit_code == 0 and not (record.timed_out or record.oom_killed or record.output_exceeded)
@@ -239,6 +256,7 @@ class Executor:
                 if sandbox is not None:
                     await sandbox.destroy()
             finally:
+                self.held_slots -= 1
                 self._slots.release()
 
         task = asyncio.get_running_loop().create_task(teardown(), name="teardown")

@@ -51,6 +51,8 @@ class Metrics:
                                     registry=self.registry)
         self.rate_limited = Counter("sandbox_rate_limited_requests", "Requests refused by the rate limit",
                                     registry=self.registry)
+        self.refused = Counter("sandbox_refused_runs", "Runs refused before any sandbox saw them (HTTP 503): "
+                               "busy (no slot within the wait) or draining", ["reason"], registry=self.registry)
 
     def watch_pools(self, status: Callable[[], dict]) -> None:
         self.registry.register(_PoolCollector(status))

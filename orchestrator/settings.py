@@ -98,6 +98,28 @@ def parse_rate(name: str, value: str) -> tuple[int, float] | None:
     return int(count), periods[unit.strip()]
 
 
+def parse_delay(name: str, value: str) -> float:
+    """A duration that may also be ``0`` or ``off`` (no delay)."""
+    if value.strip().lower() in ("0", "off", "none"):
+        return 0.0
+    return parse_duration(name, value)
+
+
+def parse_networks(name: str, value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs or bare addresses (IPv4 or IPv6): ``10.0.0.0/8, 192.0.2.7, ::1``."""
+    networks = []
+    for part in value.split(","):
+        text = part.strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: invalid network {text!r} (expected CIDRs or addresses, e.g. "
+                              "10.0.0.0/8, 192.0.2.7)") from None
+    return tuple(networks)
+
+
 def parse_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     text = value.strip().lower()
     if text not in choices:
@@ -232,7 +254,13 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     api_token: str | None = None
-    run_rate_limit: tuple[int, float] | None = (120, 60.0)
+    # Off: behind a balancer every request carries the balancer's address, and one RAGFlow
+    # server is one address; concurrency is bounded by max_concurrency and the queue anyway.
+    run_rate_limit: tuple[int, float] | None = None
+    # Peers whose X-Forwarded-For names the client (the rate limit's key without a token).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    lb_agent_port: int | None = None  # SANDBOX_LB_AGENT_PORT: HAProxy agent-check listener (orchestrator.balancer)
+    drain_delay_s: float = 5.0  # on SIGTERM, runs are still taken this long after the balancer is told
     shutdown_grace_s: float = 30.0
     notify_socket: str | None = None  # systemd's NOTIFY_SOCKET (Type=notify)
     invocation_id: str | None = None  # systemd's INVOCATION_ID: started by systemd
@@ -355,6 +383,9 @@ class Settings:
             log_format=read("SANDBOX_LOG_FORMAT", lambda n, v: parse_choice(n, v, ("text", "json")), default.log_format),
             api_token=get("SANDBOX_EXECUTOR_MANAGER_API_TOKEN"),
             run_rate_limit=read("SANDBOX_RUN_RATE_LIMIT", parse_rate, default.run_rate_limit),
+            trusted_proxies=read("SANDBOX_TRUSTED_PROXIES", parse_networks, default.trusted_proxies),
+            lb_agent_port=read("SANDBOX_LB_AGENT_PORT", _parse_agent_port, default.lb_agent_port),
+            drain_delay_s=read("SANDBOX_DRAIN_DELAY", parse_delay, default.drain_delay_s),
             shutdown_grace_s=read("SANDBOX_SHUTDOWN_GRACE", parse_duration, default.shutdown_grace_s),
             notify_socket=get("NOTIFY_SOCKET"),
             invocation_id=get("INVOCATION_ID"),
@@ -362,6 +393,9 @@ class Settings:
                            lambda n, v: parse_choice(n, v, ("debug", "info", "warning", "error")).upper(),
                            default.log_level),
         )
+        if settings.lb_agent_port is not None and settings.lb_agent_port == settings.port:
+            raise ConfigError(f"SANDBOX_LB_AGENT_PORT: {settings.lb_agent_port} is the HTTP port "
+                              "(SANDBOX_EXECUTOR_MANAGER_PORT); the agent needs a port of its own")
         if settings.total_memory_bytes is not None and settings.total_memory_bytes < limits.memory_bytes:
             raise ConfigError("SANDBOX_TOTAL_MEMORY: smaller than SANDBOX_MAX_MEMORY, so no sandbox could run")
         return settings
@@ -382,6 +416,12 @@ class Settings:
     def pool_size_for(self, profile_key: str) -> int:
         """Size of a pool profile (``python``, ``python_preload``): its own variable or the default."""
         return self.pool_sizes.get(profile_key, self.pool_size)
+
+
+def _parse_agent_port(name: str, value: str) -> int | None:
+    if value.strip().lower() in ("off", "0", "none"):
+        return None
+    return parse_int(name, value, minimum=1, maximum=65535)
 
 
 def _parse_cgroup_name(name: str, value: str) -> str:

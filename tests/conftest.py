@@ -48,6 +48,16 @@ def require_runsc() -> None:
     pytest.skip(f"runsc unusable: {reason}")
 
 
+def require_haproxy() -> str:
+    """The haproxy binary (``make setup`` installs Debian's); skip without it, fail under REQUIRE_RUNSC=1."""
+    found = shutil.which("haproxy")
+    if found is None:
+        if os.environ.get("REQUIRE_RUNSC") == "1":
+            pytest.fail("REQUIRE_RUNSC=1 but haproxy is not installed (make setup installs it)")
+        pytest.skip("haproxy is not installed (make setup installs it)")
+    return found
+
+
 @pytest.fixture
 def runsc_ready() -> None:
     require_runsc()

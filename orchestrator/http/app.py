@@ -1,11 +1,15 @@
 """The aiohttp application: thin handlers and the one middleware that maps errors to HTTP.
 
 ``/run`` answers HTTP 200 with a result body for every execution outcome, including our own
-failures (RAGFlow's Go client retries 5xx, which would run user code again).  Client errors
-are 4xx with a JSON body.  When a token is configured ``/run`` and ``/status`` need it (401
-otherwise); ``/run`` is rate limited per client address (429 with the contract's -429 body).
-``/``, ``/healthz``, ``/metrics`` and ``/openapi.json`` stay open.  While the service shuts
-down, new runs get the -10 body.  Handlers know nothing about runsc.
+failures (RAGFlow's Go client retries 5xx, which would run user code again).  The one
+exception is a run refused before any sandbox saw its code (``CapacityError``: no concurrency
+slot within the wait, or the node drains): HTTP 503 with the contract's -10 body and
+``Retry-After``, which a balancer (HAProxy ``retry-on 503``) or RAGFlow's Go client may retry
+anywhere, since nothing ran.  Client errors are 4xx with a JSON body.  When a token is
+configured ``/run`` and ``/status`` need it (401 otherwise); when a rate limit is set, ``/run``
+is limited per token or client address (``guard.client_key``; 429 with the -429 body).
+``/``, ``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` stay open.  ``/readyz``
+is the load balancer's view (``orchestrator.balancer``).  Handlers know nothing about runsc.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from orchestrator import outcome
+from orchestrator.balancer import Drain, readiness
 from orchestrator.errors import BadRequestError, CapacityError, ServiceError
 from orchestrator.executor import Executor
-from orchestrator.http.guard import RateLimiter, token_matches
+from orchestrator.http.guard import Network, RateLimiter, client_key, token_matches
 from orchestrator.http.openapi import openapi_document
 from orchestrator.http.request import parse_run_request
 from orchestrator.metrics import CONTENT_TYPE, Metrics
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RUN_PATH = "/run"
 PROTECTED = (RUN_PATH, "/status")
+RETRY_AFTER_S = 1  # a refused run: the balancer retries elsewhere at once, a client after this
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -41,7 +47,8 @@ class AppState:
     metrics: Metrics = field(default_factory=Metrics)
     api_token: str | None = None
     limiter: RateLimiter | None = None
-    draining: bool = False  # set on shutdown: no new runs
+    trusted_proxies: tuple[Network, ...] = ()
+    drain: Drain = field(default_factory=Drain)
 
 
 STATE = web.AppKey("state", AppState)
@@ -59,8 +66,12 @@ async def error_middleware(request: web.Request, handler):
     except BadRequestError as exc:
         return _json({"detail": exc.details}, status=exc.status)
     except CapacityError as exc:
-        log.warning("request=%s %s", REQUEST_ID.get(), exc)
-        return _json(outcome.busy_result())
+        # Refused before any sandbox saw the code: 503, so it may be retried elsewhere.
+        log.warning("request=%s refused (%s): %s", REQUEST_ID.get(), exc.reason, exc)
+        request.app[STATE].metrics.refused.labels(exc.reason).inc()
+        response = _json(outcome.busy_result(), status=503)
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
     except web.HTTPRequestEntityTooLarge as exc:
         return _json({"detail": [{"type": "too_large", "loc": ["body"], "msg": exc.text, "input": None}]},
                      status=413)
@@ -89,7 +100,10 @@ async def guard_middleware(request: web.Request, handler):
         return _json({"detail": "missing or wrong token: send Authorization: Bearer <token> or X-Sandbox-Token"},
                      status=401)
     if request.path == RUN_PATH and state.limiter is not None:
-        allowed, retry_s = state.limiter.allow(request.remote or "unknown")
+        key = client_key(token=state.api_token, peer=request.remote,
+                         forwarded_for=request.headers.getall("X-Forwarded-For", ()),
+                         trusted=state.trusted_proxies)
+        allowed, retry_s = state.limiter.allow(key)
         if not allowed:
             state.metrics.rate_limited.inc()
             response = _json(outcome.rate_limited_result(), status=429)
@@ -102,10 +116,20 @@ async def health(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
+async def ready(request: web.Request) -> web.Response:
+    """The load balancer's check: 200 while this node takes runs, 503 while it drains or no
+    sandbox can start (``balancer.readiness``)."""
+    state = request.app[STATE]
+    state.drain.checked()
+    code, body = readiness(state.executor.load(), state.drain)
+    return _json(body, status=code)
+
+
 async def status(request: web.Request) -> web.Response:
     """Pool and capacity state (``/healthz`` stays exactly upstream's ``{"status": "ok"}``)."""
     state = request.app[STATE]
-    return _json({"status": "draining" if state.draining else "ok", **state.executor.status()})
+    return _json({"status": "draining" if state.drain.is_draining else "ok", "drain": state.drain.phase,
+                  **state.executor.status()})
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
@@ -121,8 +145,8 @@ async def run(request: web.Request) -> web.Response:
     started = time.perf_counter()
     body = await request.read()
     run_request = parse_run_request(body, state.executor.languages, request_id=REQUEST_ID.get())
-    if state.draining:
-        raise CapacityError("run: the service is shutting down")
+    if state.drain.refuses_runs:
+        raise CapacityError("run: the node is draining", reason="draining")
     execution = await state.executor.execute(run_request)
     state.metrics.observe_run(run_request.language, execution.result, time.perf_counter() - started)
     response = _json(execution.result)
@@ -140,14 +164,17 @@ async def run(request: web.Request) -> web.Response:
 
 
 def create_app(executor: Executor, *, max_request_bytes: int, api_token: str | None = None,
-               rate_limit: tuple[int, float] | None = None, metrics: Metrics | None = None) -> web.Application:
+               rate_limit: tuple[int, float] | None = None, trusted_proxies: tuple[Network, ...] = (),
+               metrics: Metrics | None = None, drain: Drain | None = None) -> web.Application:
     state = AppState(executor=executor, metrics=metrics or Metrics(), api_token=api_token,
-                     limiter=RateLimiter(*rate_limit) if rate_limit else None)
+                     limiter=RateLimiter(*rate_limit) if rate_limit else None, trusted_proxies=tuple(trusted_proxies),
+                     drain=drain or Drain())
     state.metrics.watch_pools(executor.status)
     app = web.Application(middlewares=[error_middleware, guard_middleware], client_max_size=max_request_bytes)
     app[STATE] = state
     app.router.add_get("/", health)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", serve_metrics)
     app.router.add_get("/openapi.json", serve_openapi)

@@ -70,6 +70,10 @@ SCHEMAS = {
     },
     "Error": {"type": "object", "required": ["detail"], "properties": {"detail": {}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+    "Readiness": {"type": "object", "required": ["status"], "properties": {
+        "status": {"enum": ["ready", "draining", "unavailable"]}, "phase": {"enum": ["draining", "closing"]},
+        "detail": {"type": "string"}, "weight": {"type": "integer", "minimum": 1, "maximum": 100},
+        "free_slots": {"type": "integer", "minimum": 0}, "ready_sandboxes": {"type": "integer", "minimum": 0}}},
 }
 
 
@@ -86,6 +90,10 @@ def openapi_document(languages: list[str]) -> dict:
         "paths": {
             "/": {"get": {"summary": "Liveness", "responses": health}},
             "/healthz": {"get": {"summary": "Liveness (RAGFlow calls it before every run)", "responses": health}},
+            "/readyz": {"get": {"summary": "Readiness for a load balancer (HAProxy's httpchk)", "responses": {
+                "200": {"description": "Taking runs", "content": _json_content("Readiness")},
+                "503": {"description": "Draining, or no sandbox can start here",
+                        "content": _json_content("Readiness")}}}},
             "/status": {"get": {"summary": "Pools, capacity and counters", "responses": {
                 "200": {"description": "State", "content": {"application/json": {"schema": {"type": "object"}}}},
                 "401": {"description": "Token required", "content": _json_content("Error")}}}},
@@ -94,7 +102,9 @@ def openapi_document(languages: list[str]) -> dict:
             "/run": {"post": {
                 "summary": "Run code in a fresh sandbox",
                 "description": f"Languages here: {', '.join(languages)}. Every execution outcome, including "
-                               "the service's own failures, is HTTP 200 with a result body.",
+                               "the service's own failures, is HTTP 200 with a result body. A run refused "
+                               "before any sandbox saw its code (no free slot within the wait, or the node "
+                               "drains) is HTTP 503 with the -10 body: safe to retry, elsewhere too.",
                 "requestBody": {"required": True, "content": _json_content("RunRequest")},
                 "responses": {
                     "200": {"description": "Execution result", "content": _json_content("CodeExecutionResult")},
@@ -104,6 +114,8 @@ def openapi_document(languages: list[str]) -> dict:
                     "422": {"description": "Invalid request", "content": _json_content("ValidationError")},
                     "429": {"description": "Rate limited (body: exit_code -429)",
                             "content": _json_content("CodeExecutionResult")},
+                    "503": {"description": "Refused before any sandbox saw the code (body: exit_code -10; "
+                                           "Retry-After)", "content": _json_content("CodeExecutionResult")},
                 },
             }},
         },

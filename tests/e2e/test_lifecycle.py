@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import aiohttp
 import pytest
 
 from orchestrator.host.cgroups import Cgroups
@@ -95,6 +97,61 @@ async def test_sigterm_past_the_grace_period_kills_the_run(start_server):
     except Exception:
         pass  # the connection may close before an answer
     assert runsc_processes(pathlib.Path(server.env["SANDBOX_STATE_DIR"])) == []
+
+
+async def agent_line(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        return (await asyncio.wait_for(reader.read(), 5)).decode()
+    finally:
+        writer.close()
+
+
+async def get(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+            return response.status, await response.json(content_type=None)
+
+
+async def test_sigterm_tells_the_balancer_first_serves_the_delay_then_refuses_with_503(start_server):
+    agent_port = free_port()
+    server = start_server(SANDBOX_LB_AGENT_PORT=str(agent_port), SANDBOX_DRAIN_DELAY="4s", SANDBOX_TIMEOUT="20s",
+                          SANDBOX_MAX_CONCURRENCY="4", SANDBOX_SHUTDOWN_GRACE="20s")
+    assert re.fullmatch(r"\d{1,3}% maxconn:4 up\n", await agent_line(agent_port))  # a balancer checks us
+    assert (await get(server.url + "/readyz"))[0] == 200
+    server.process.send_signal(signal.SIGTERM)
+    drained_at = time.monotonic()
+    await wait_for_async(lambda: agent_line(agent_port), lambda line: line == "0% maxconn:4 up\n")
+    assert await get(server.url + "/readyz") == (503, {"status": "draining", "phase": "draining"})
+    assert await get(server.url + "/healthz") == (200, {"status": "ok"})  # upstream's answer, whatever happens
+    # Within the delay a run that still arrives is served; one of them outlasts the delay.
+    status, body = await post_run(server.url, {"code_b64": b64("def main():\n    return 'late'\n")})
+    assert status == 200 and body["result"]["value"] == "late"
+    long_run = asyncio.create_task(post_run(server.url, {"code_b64": b64(
+        "import time\ndef main():\n    time.sleep(6)\n    return 'finished'\n")}))
+    await asyncio.sleep(max(0.0, drained_at + 4.5 - time.monotonic()))
+    status, body = await post_run(server.url, {"code_b64": b64("def main():\n    return 'too late'\n")})
+    assert status == 503 and body["exit_code"] == -10 and body["stdout"] == ""  # refused, safe to retry elsewhere
+    assert (await long_run)[1]["result"]["value"] == "finished"
+    assert server.process.wait(timeout=30) == 0
+
+
+async def test_sigterm_without_a_balancer_does_not_wait_the_drain_delay(start_server):
+    server = start_server(SANDBOX_LB_AGENT_PORT=str(free_port()), SANDBOX_DRAIN_DELAY="60s")
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=30) == 0
+    assert time.monotonic() - started < 15  # nobody checked this node: nobody to tell
+
+
+async def wait_for_async(read, accept, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await read()
+        if accept(value):
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"condition not reached in time (last: {value!r})")
 
 
 def run_doctor(env: dict[str, str]) -> subprocess.CompletedProcess:

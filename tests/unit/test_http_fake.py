@@ -75,12 +75,16 @@ async def test_runtime_failure_is_minus_3_with_http_200(make_client):
     assert "fake failure" in body["stderr"] and body["stdout"] == ""
 
 
-async def test_no_free_slot_is_minus_10(make_client):
-    client = await make_client(max_concurrency=1, queue_timeout_s=0.3, limits=Limits(timeout_s=3))
+async def test_no_free_slot_is_minus_10_with_a_retryable_503(make_client):
+    """Refused before any sandbox saw the code: HTTP 503 (a balancer may retry it elsewhere)."""
+    runtime = FakeRuntime()
+    client = await make_client(runtime, max_concurrency=1, queue_timeout_s=0.3, limits=Limits(timeout_s=3))
     slow = asyncio.create_task(post(client, {"code_b64": b64("import time\ndef main():\n    time.sleep(2)\n")}))
     await asyncio.sleep(0.5)
+    started = len(runtime.started)
     status, body = await post(client, {"code_b64": b64("def main():\n    return 1\n")})
-    assert status == 200
+    assert status == 503
+    assert len(runtime.started) == started  # no sandbox was started for it
     assert body["exit_code"] == -10 and body["stderr"] == "Container pool is busy"
     assert body["detail"] == "no_available_container"
     assert (await slow)[1]["status"] == "success"

@@ -215,10 +215,6 @@ def test_rate_limit_rejects(text):
         Settings.from_env({"SANDBOX_RUN_RATE_LIMIT": text})
 
 
-def test_default_rate_limit_is_upstreams():
-    assert Settings.from_env({}).run_rate_limit == (120, 60.0)
-
-
 def test_token_is_read_and_never_shown():
     settings = Settings.from_env({"SANDBOX_EXECUTOR_MANAGER_API_TOKEN": "hunter2"})
     assert settings.api_token == "hunter2"
@@ -266,3 +262,45 @@ def test_cgroup_parent_is_automatic_unless_set_and_invocation_id_is_read():
     assert settings.cgroup_parent is None and settings.invocation_id is None  # host.placement decides
     settings = Settings.from_env({"INVOCATION_ID": "5d2b0c9e", "SANDBOX_CGROUP_PARENT": "x"})
     assert settings.invocation_id == "5d2b0c9e" and settings.cgroup_parent == "x"
+
+
+def test_rate_limit_is_off_by_default():
+    """Behind a balancer every request carries its address, and one RAGFlow server is one address."""
+    assert Settings.from_env({}).run_rate_limit is None
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10.0.0.0/8", ("10.0.0.0/8",)),
+    (" 10.0.0.0/8, 192.0.2.7 ,fd00::/8,", ("10.0.0.0/8", "192.0.2.7/32", "fd00::/8")),
+    ("10.1.2.3/8", ("10.0.0.0/8",)),  # host bits are forgiven
+])
+def test_trusted_proxies(text, expected):
+    networks = Settings.from_env({"SANDBOX_TRUSTED_PROXIES": text}).trusted_proxies
+    assert tuple(map(str, networks)) == expected
+    assert Settings.from_env({}).trusted_proxies == ()
+
+
+@pytest.mark.parametrize("text", ["10.0.0.0/33", "proxy.example", "10.0.0.1/8/9"])
+def test_trusted_proxies_reject(text):
+    with pytest.raises(ConfigError, match="SANDBOX_TRUSTED_PROXIES"):
+        Settings.from_env({"SANDBOX_TRUSTED_PROXIES": text})
+
+
+def test_lb_agent_port_is_off_by_default_and_checked():
+    assert Settings.from_env({}).lb_agent_port is None
+    assert Settings.from_env({"SANDBOX_LB_AGENT_PORT": "9386"}).lb_agent_port == 9386
+    assert Settings.from_env({"SANDBOX_LB_AGENT_PORT": "off"}).lb_agent_port is None
+    for bad in ("70000", "agent", "-1"):
+        with pytest.raises(ConfigError, match="SANDBOX_LB_AGENT_PORT"):
+            Settings.from_env({"SANDBOX_LB_AGENT_PORT": bad})
+    with pytest.raises(ConfigError, match="SANDBOX_LB_AGENT_PORT.*HTTP port"):
+        Settings.from_env({"SANDBOX_LB_AGENT_PORT": "9385"})
+
+
+def test_drain_delay():
+    assert Settings.from_env({}).drain_delay_s == 5.0
+    assert Settings.from_env({"SANDBOX_DRAIN_DELAY": "2500ms"}).drain_delay_s == 2.5
+    assert Settings.from_env({"SANDBOX_DRAIN_DELAY": "0"}).drain_delay_s == 0.0
+    assert Settings.from_env({"SANDBOX_DRAIN_DELAY": "off"}).drain_delay_s == 0.0
+    with pytest.raises(ConfigError, match="SANDBOX_DRAIN_DELAY"):
+        Settings.from_env({"SANDBOX_DRAIN_DELAY": "soon"})
