@@ -56,6 +56,7 @@ UNSETTLED = ("pending", "making", "proving")  # an image may be ready in a momen
 # measured here, teardown included), which is what counts under load.
 SLOWER_FACTOR = 1.5
 PROOF_RESTORES = 2  # the second one reads the image from the page cache, as every later one does
+REMEASURES = 2  # extra boots and proofs before a profile is judged slower (``_measure_again``)
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,8 @@ class SnapshotStore:
                           size_bytes=directory_size(work), created_at=time.time(), boot_ms=boot_ms,
                           restore_ms=None)
             image.restore_ms = await self._prove(profile, image)
+            if self._is_slower(image):
+                await self._measure_again(profile, image)
             final = self.root / f"{profile.key}-{key[:16]}"
             if final.exists():
                 shutil.rmtree(final)
@@ -388,8 +391,7 @@ class SnapshotStore:
             shutil.rmtree(work, ignore_errors=True)
             raise
         state.make_ms = (time.monotonic() - started) * 1000
-        if image.restore_ms is not None and image.boot_ms is not None and \
-                image.restore_ms > self._slower_factor * image.boot_ms:
+        if self._is_slower(image):
             shutil.rmtree(final, ignore_errors=True)
             state.failed_key, state.failed_at = key, time.monotonic()
             self._set(state, "slower", f"a restore took {image.restore_ms:.0f} ms, a boot {image.boot_ms:.0f} ms: "
@@ -400,6 +402,29 @@ class SnapshotStore:
         self._set(state, "ready", None)
         log.info("snapshot %s: ready, %.1f MB, boot %.0f ms vs restore %.0f ms (made in %.0f ms)", profile.key,
                  image.size_bytes / 1e6, image.boot_ms or 0, image.restore_ms or 0, state.make_ms)
+
+    def _is_slower(self, image: Image) -> bool:
+        return image.restore_ms is not None and image.boot_ms is not None and \
+            image.restore_ms > self._slower_factor * image.boot_ms
+
+    async def _measure_again(self, profile: ProfileSpec, image: Image) -> None:
+        """One boot and one restore each are at the mercy of whatever else the host does at that
+        moment (under load a restore measured 438 ms against a 237 ms boot, then 150 against 250
+        idle): before a profile is given up, both are sampled again and the least disturbed
+        sample of each (the minimum) decides."""
+        boots = [image.boot_ms] if image.boot_ms is not None else []
+        restores = [image.restore_ms] if image.restore_ms is not None else []
+        for _ in range(REMEASURES):
+            sandbox = self._make_sandbox(profile, None)
+            try:
+                await sandbox.boot()
+            finally:
+                await sandbox.destroy()
+            if sandbox.boot_ms is not None:
+                boots.append(sandbox.boot_ms)
+            restores.append(await self._prove(profile, image))
+        image.boot_ms = min(boots) if boots else None
+        image.restore_ms = min(value for value in restores if value is not None) if restores else None
 
     async def _checkpoint(self, profile: ProfileSpec, work: pathlib.Path) -> float | None:
         """Boot a sandbox of the profile and checkpoint it into ``work``; its boot time."""
