@@ -6,6 +6,10 @@ golden files can pin it.  What the process gets:
 
 - the shared rootfs, read-only; nothing of it is copied per run;
 - an unprivileged uid/gid, no capabilities at all, ``noNewPrivileges``;
+- an ``oomScoreAdj`` that makes the sandbox's host processes (runsc applies it to the sandbox
+  and the gofer) the OOM killer's first choice: when a limit above the sandbox's own is hit (the
+  parent cgroup, a systemd unit's ``MemoryMax=``, the host), untrusted code dies, not the
+  service that would report it;
 - a minimal environment made only of what the caller passes (nothing of the service's own);
 - a fresh writable workspace (a bind of a per-sandbox host directory) as its working
   directory, ``/tmp`` and ``/dev/shm`` as bounded tmpfs, the runner directory read-only;
@@ -25,6 +29,7 @@ ALL_CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "amb
 NAMESPACES = ("pid", "ipc", "uts", "mount", "network")
 WORKSPACE = "/workspace"
 RUNNER_MOUNT = "/opt/sandbox/runner"
+OOM_SCORE_ADJ = 500  # raising needs no privilege; 0 is the service's and the host's default
 NETNS_DIR = "/var/run/netns"  # named network namespaces (iproute2's and pyroute2's convention)
 
 
@@ -93,6 +98,7 @@ def build_spec(params: SpecParams) -> dict:
             "capabilities": {name: [] for name in ALL_CAPABILITY_SETS},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": params.nofile, "soft": params.nofile}],
             "noNewPrivileges": True,
+            "oomScoreAdj": OOM_SCORE_ADJ,
         },
         "root": {"path": params.rootfs, "readonly": True},
         "hostname": params.hostname,

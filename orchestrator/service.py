@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from bundles.spec import NETNS_DIR
+from bundles.spec import NETNS_DIR, OOM_SCORE_ADJ
 from orchestrator.errors import HostError, RunscError, SandboxError
 from orchestrator.executor import Executor
 from orchestrator.host import firewall, netns, workspace
@@ -228,6 +228,7 @@ def runsc_config(settings: Settings, known_flags: frozenset[str] | None = None) 
         oci_seccomp=settings.runsc.enable_seccomp,
         debug_log_dir=settings.runsc.debug_log_dir,
         known_flags=known_flags,
+        oom_score_adj=OOM_SCORE_ADJ,
     )
 
 

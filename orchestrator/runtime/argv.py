@@ -11,6 +11,13 @@ a private mount namespace with a tmpfs over ``/proc/sys/net`` (not over ``/proc/
 reads ``/proc/sys/vm/mmap_min_addr``), so the test sees no such file; the sandbox still joins
 the namespace from the spec.  ``kill``, ``delete`` and ``list`` do not touch the network and
 are never wrapped.  The service decides at start-up, by a probe run, whether it is needed.
+
+The OOM wrapper (``RunscConfig.oom_score_adj``): ``run`` and ``restore`` start with that
+``oom_score_adj`` already set, so every host process of the sandbox (sentry, gofer, and under
+ptrace the stub processes that hold the program's memory) inherits it from birth.  runsc's own
+handling of the spec's ``oomScoreAdj`` comes too late for them: it sets the sentry and gofer
+once the container started, after the first stubs were forked, and not at all on restore.
+Raising the value needs no privilege.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class RunscConfig:
     debug_log_dir: pathlib.Path | None = None
     known_flags: frozenset[str] | None = None
     netns_workaround: bool = False  # wrap `runsc run` (see the module docstring)
+    oom_score_adj: int | None = None  # start sandboxes with it (see the module docstring)
 
     def knows(self, flag: str) -> bool:
         return flag in (self.known_flags if self.known_flags is not None else BASELINE_FLAGS)
@@ -65,7 +73,23 @@ def run_argv(config: RunscConfig, sandbox_id: str, bundle: pathlib.Path, log_fil
     """``runsc run``: create, start and wait for the sandbox; exits with its init's status."""
     argv = [str(config.binary), *global_flags(config, log_file=log_file), "run",
             f"--bundle={bundle}", check_sandbox_id(sandbox_id)]
-    return netns_workaround_argv(argv) if config.netns_workaround and config.network == "sandbox" else argv
+    return _wrap_start(config, argv)
+
+
+def _wrap_start(config: RunscConfig, argv: list[str]) -> list[str]:
+    """The wrappers a command that starts a sandbox needs (the OOM one outermost)."""
+    if config.netns_workaround and config.network == "sandbox":
+        argv = netns_workaround_argv(argv)
+    if config.oom_score_adj is not None:
+        argv = oom_score_adj_argv(argv, config.oom_score_adj)
+    return argv
+
+
+def oom_score_adj_argv(argv: list[str], score: int) -> list[str]:
+    """``argv`` run with ``/proc/self/oom_score_adj`` set to ``score`` first (``exec`` keeps the pid)."""
+    if not -1000 <= score <= 1000:
+        raise ValueError(f"oom_score_adj {score} is outside -1000..1000")
+    return ["sh", "-c", f'echo {int(score)} > /proc/self/oom_score_adj && exec "$@"', "sh", *argv]
 
 
 # `exec` keeps the pid: the caller's process handle is runsc itself, and so is the exit status.
@@ -107,7 +131,7 @@ def restore_argv(config: RunscConfig, sandbox_id: str, bundle: pathlib.Path, ima
     container behind: delete it after the exit."""
     argv = [str(config.binary), *global_flags(config, log_file=log_file), "restore",
             f"--image-path={image_dir}", f"--bundle={bundle}", check_sandbox_id(sandbox_id)]
-    return netns_workaround_argv(argv) if config.netns_workaround and config.network == "sandbox" else argv
+    return _wrap_start(config, argv)
 
 
 def kill_argv(config: RunscConfig, sandbox_id: str, signal: str = "KILL") -> list[str]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import time
 
+import psutil
 import pytest
 
+from bundles.spec import OOM_SCORE_ADJ
 from orchestrator.executor import RunRequest
 from tests.runsc.conftest import run
 
@@ -146,3 +149,39 @@ async def test_oversized_result_is_an_output_limit_not_an_internal_error(service
     assert result["resource_limit_type"] == "output"
     assert result["detail"] == "result_limit_exceeded"
     assert "result passed" in result["stderr"] and result["result"] is None
+
+
+async def test_the_oom_killer_prefers_the_sandbox_over_the_service(make_service):
+    """A limit above the sandbox's own (a systemd unit's MemoryMax=, the host) makes the kernel
+    choose a victim among all tasks: it must be untrusted code, never the service."""
+    service = await make_service(SANDBOX_TIMEOUT="30s")
+    runsc_root = service.settings.state_dir / "runsc"
+
+    def scores() -> dict:
+        seen = {}
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            # the sandbox and the gofer (with their children); not the `runsc run`/`wait` CLI,
+            # which is the service's own helper
+            if f"--root={runsc_root}" in cmdline and cmdline[0] in ("runsc-sandbox", "runsc-gofer"):
+                for each in [process, *process.children(recursive=True)]:
+                    try:
+                        seen[(each.pid, cmdline[0])] = int(pathlib.Path(f"/proc/{each.pid}/oom_score_adj").read_text())
+                    except (OSError, psutil.Error):
+                        pass  # exited meanwhile
+        return seen
+
+    task = asyncio.create_task(run(service, "import time\ndef main():\n    time.sleep(3)\n    return 'slept'\n"))
+    try:
+        deadline = time.monotonic() + 10
+        while not ((seen := scores()) and service.executor.running and set(seen.values()) == {OOM_SCORE_ADJ}):
+            if time.monotonic() > deadline or task.done():
+                break
+            await asyncio.sleep(0.1)
+        # runsc sets it on the sandbox and the gofer once the container started; what they
+        # start later inherits it
+        assert {name for _, name in seen} == {"runsc-sandbox", "runsc-gofer"}, seen
+        assert set(seen.values()) == {OOM_SCORE_ADJ}, seen
+        assert int(pathlib.Path("/proc/self/oom_score_adj").read_text()) < OOM_SCORE_ADJ
+    finally:
+        assert (await task)["result"]["value"] == "slept"

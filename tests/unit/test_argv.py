@@ -16,6 +16,7 @@ from orchestrator.runtime.argv import (
     flags_argv,
     kill_argv,
     list_argv,
+    netns_workaround_argv,
     parse_flag_names,
     parse_version,
     restore_argv,
@@ -56,6 +57,19 @@ def test_checkpoint_and_restore_argv():
                         pathlib.Path("/state/sb-2/runsc.log")) == [
         "/usr/bin/runsc", *GLOBAL, "--log=/state/sb-2/runsc.log", "restore", f"--image-path={image}",
         "--bundle=/state/sb-2/bundle", "sb-2"]
+
+
+def test_run_and_restore_start_with_the_oom_score_adj_and_nothing_else_does():
+    oom = config(oom_score_adj=500, network="sandbox", netns_workaround=True)
+    prefix = ["sh", "-c", 'echo 500 > /proc/self/oom_score_adj && exec "$@"', "sh"]
+    run = run_argv(oom, "sb-1", pathlib.Path("/b"), pathlib.Path("/l"))
+    restore = restore_argv(oom, "sb-1", pathlib.Path("/b"), pathlib.Path("/i"), pathlib.Path("/l"))
+    for argv in (run, restore):
+        assert argv[:4] == prefix and argv[4] == "unshare"  # outermost, around the netns workaround
+        assert argv[4:] == netns_workaround_argv(argv[argv.index("/usr/bin/runsc"):])
+    assert kill_argv(oom, "sb-1")[0] == delete_argv(oom, "sb-1")[0] == "/usr/bin/runsc"
+    with pytest.raises(ValueError):
+        run_argv(config(oom_score_adj=1001), "sb-1", pathlib.Path("/b"), pathlib.Path("/l"))
 
 
 def test_restore_gets_the_netns_workaround_like_run():
