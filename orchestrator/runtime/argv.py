@@ -16,7 +16,7 @@ The OOM wrapper (``RunscConfig.oom_score_adj``): ``run`` and ``restore`` start w
 ``oom_score_adj`` already set, so every host process of the sandbox (sentry, gofer, and under
 ptrace the stub processes that hold the program's memory) inherits it from birth.  runsc's own
 handling of the spec's ``oomScoreAdj`` comes too late for them: it sets the sentry and gofer
-once the container started, after the first stubs were forked, and not at all on restore.
+once the container started, after the first stubs were forked.
 Raising the value needs no privilege.
 """
 
