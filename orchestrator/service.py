@@ -194,9 +194,18 @@ async def reap(runtime: RunscRuntime, cgroups: Cgroups | None, state_dir: pathli
     """Remove what an earlier run of the service left: sandboxes, cgroups, sandbox dirs,
     network namespaces, veths and the firewall table."""
     reaped = []
+    # After a kill -9 the old service's runsc processes run on, orphaned: kill them first, or a
+    # delete can wait on a gofer that is still busy (and fail the start) and a `runsc run` still
+    # creating its container can add one after the list below.
+    strays = await asyncio.to_thread(runtime.kill_strays)
+    if strays:
+        reaped.append(f"{len(strays)} runsc processes")
     for sandbox_id in await runtime.list_ids():
-        await runtime.kill(sandbox_id)
-        await runtime.delete(sandbox_id)
+        try:
+            await runtime.delete(sandbox_id)
+        except RunscError as exc:  # its processes are gone; what is left is files
+            log.warning("reap: %s; removing its runsc files", exc)
+        runtime.forget(sandbox_id)
         reaped.append(f"sandbox {sandbox_id}")
     if cgroups is not None:
         for sandbox_id in cgroups.list_sandboxes():

@@ -119,7 +119,10 @@ class FakeRuntime:
     def forget(self, sandbox_id: str) -> list[str]:
         return []
 
-    async def kill(self, sandbox_id: str) -> None:
+    def kill_strays(self) -> list[int]:
+        return []
+
+    async def kill(self, sandbox_id: str, *, timeout: float | None = None) -> None:
         self.killed.append(sandbox_id)
         process = self._processes.get(sandbox_id)
         if process is not None and process.returncode is None:
