@@ -104,6 +104,21 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _structured_result(text: str) -> dict | None:
+    """``{"present", "value", "type"}`` decoded from the runner's ``result_json``, or None."""
+    try:
+        result = json.loads(text, parse_constant=_refuse_constant)  # NaN and Infinity are not JSON
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(result, dict) or set(result) != {"present", "value", "type"}:
+        return None
+    return result
+
+
 def classify(record: RunRecord, *, memory_limit_bytes: int, output_limit_bytes: int,
              result_limit_bytes: int = RESULT_LIMIT_BYTES) -> dict:
     """The CodeExecutionResult for ``record``."""
@@ -128,7 +143,11 @@ def classify(record: RunRecord, *, memory_limit_bytes: int, output_limit_bytes: 
 
     code = record.exit_code if record.exit_code is not None else -1
     if code == 0 and (record.returned or not record.has_result_channel):
-        result = json.loads(record.result_json) if record.returned and record.result_json else None
+        result = None
+        if record.returned and record.result_json:
+            result = _structured_result(record.result_json)
+            if result is None:  # our runner always sends one; a broken frame is our failure
+                return internal_error_result("run: the runner's result is not a structured JSON result") | usage
         return empty_result(stdout=clean_stdout(_decode(record.stdout)), stderr=stderr, exit_code=0,
                             artifacts=record.artifacts, result=result, **usage)
     if code == 0:

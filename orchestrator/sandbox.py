@@ -383,8 +383,12 @@ class Sandbox:
                         except FrameTooLargeError:
                             record.output_exceeded = "result"
                 if frame is not None and frame.get("type") == "done":
+                    exit_code = frame.get("exit_code", 1)
+                    if not isinstance(exit_code, int) or isinstance(exit_code, bool):
+                        raise ProtocolError(f"run: the done frame's exit code {exit_code!r} is not an integer",
+                                            sandbox_id=self.id)
                     record.reported = self._reported = True
-                    record.exit_code = int(frame.get("exit_code", 1))
+                    record.exit_code = exit_code
                     record.returned = bool(frame.get("returned")) and isinstance(frame.get("result_json"), str)
                     record.result_json = frame.get("result_json") if record.returned else None
                     if isinstance(frame.get("duration_ms"), (int, float)):

@@ -67,7 +67,10 @@ async def error_middleware(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _json({"detail": exc.reason}, status=exc.status)
+        response = _json({"detail": exc.reason}, status=exc.status)
+        if "Allow" in exc.headers:  # a 405 must say which methods are (RFC 9110 15.5.6)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except ServiceError as exc:
         log.error("request=%s %s", REQUEST_ID.get(), exc)
         if request.path == RUN_PATH:
