@@ -26,6 +26,7 @@ from orchestrator.executor import Executor
 from orchestrator.http.guard import RateLimiter, token_matches
 from orchestrator.http.openapi import openapi_document
 from orchestrator.http.request import parse_run_request
+from orchestrator.http.disconnect import cancel_on_disconnect
 from orchestrator.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,8 @@ def create_app(executor: Executor, *, max_request_bytes: int, api_token: str | N
     state = AppState(executor=executor, metrics=metrics or Metrics(), api_token=api_token,
                      limiter=RateLimiter(*rate_limit) if rate_limit else None)
     state.metrics.watch_pools(executor.status)
-    app = web.Application(middlewares=[error_middleware, guard_middleware], client_max_size=max_request_bytes)
+    app = web.Application(middlewares=[error_middleware, guard_middleware, cancel_on_disconnect({RUN_PATH})],
+                          client_max_size=max_request_bytes)
     app[STATE] = state
     app.router.add_get("/", health)
     app.router.add_get("/healthz", health)
