@@ -416,6 +416,7 @@ class Sandbox:
             if usage.cpu_ns is not None:
                 record.cpu_ms = (usage.cpu_ns - (self._cpu_ns_before_run or 0)) / 1e6
             record.oom_killed = bool(usage.oom_kills) and not record.timed_out
+            record.pids_limited = bool(usage.pids_limit_hits) and not record.timed_out
         elif not record.reported and record.exit_code == 137 and not record.timed_out:
             record.oom_killed = True
         return record

@@ -53,6 +53,7 @@ class Usage:
     memory_peak_bytes: int | None
     oom_kills: int | None
     cpu_ns: int | None
+    pids_limit_hits: int | None = None  # forks refused at pids.max (pids.events "max")
 
 
 def _v1_shares(weight: int) -> int:
@@ -378,14 +379,16 @@ class Cgroups:
 
     def usage(self, sandbox_id: str, *, oom: bool = True) -> Usage:
         """Peak memory, CPU time and (unless ``oom`` is False: the caller knows the program
-        ended on its own) the OOM kill count."""
+        ended on its own) the OOM kill count and how often the pids limit refused a fork."""
+        pids = _read_key(self._node("pids", sandbox_id) / "pids.events", "max") if oom else None
         if self.version == 2:
             base = self._node("memory", sandbox_id)
             return Usage(_read_int(base / "memory.peak"),
-                         _read_key(base / "memory.events", "oom_kill") if oom else None, self.cpu_ns(sandbox_id))
+                         _read_key(base / "memory.events", "oom_kill") if oom else None, self.cpu_ns(sandbox_id), pids)
         memory = self._node("memory", sandbox_id)
         return Usage(_read_int(memory / "memory.max_usage_in_bytes"),
-                     _read_key(memory / "memory.oom_control", "oom_kill") if oom else None, self.cpu_ns(sandbox_id))
+                     _read_key(memory / "memory.oom_control", "oom_kill") if oom else None, self.cpu_ns(sandbox_id),
+                     pids)
 
     def cpu_ns(self, sandbox_id: str) -> int | None:
         """CPU time the sandbox's tasks used so far, in nanoseconds."""

@@ -136,7 +136,10 @@ def test_v1_usage(v1_root):
     (memory / "memory.max_usage_in_bytes").write_text("52428800\n")
     (memory / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
     (v1_root / "cpuacct" / PARENT / "sb-1" / "cpuacct.usage").write_text("123456789\n")
-    assert cgroups.usage("sb-1") == Usage(memory_peak_bytes=52428800, oom_kills=2, cpu_ns=123456789)
+    (v1_root / "pids" / PARENT / "sb-1" / "pids.events").write_text("max 17\n")
+    assert cgroups.usage("sb-1") == Usage(memory_peak_bytes=52428800, oom_kills=2, cpu_ns=123456789,
+                                          pids_limit_hits=17)
+    assert cgroups.usage("sb-1", oom=False).pids_limit_hits is None  # the program reported its end
 
 
 def test_v1_usage_without_counters_is_unknown(v1_root):
@@ -254,7 +257,9 @@ def test_v2_usage(v2_root):
     (leaf / "memory.peak").write_text("73400320\n")
     (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n")
     (leaf / "cpu.stat").write_text("usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n")
-    assert cgroups.usage("sb-1") == Usage(memory_peak_bytes=73400320, oom_kills=1, cpu_ns=2_500_000)
+    (leaf / "pids.events").write_text("max 0\n")
+    assert cgroups.usage("sb-1") == Usage(memory_peak_bytes=73400320, oom_kills=1, cpu_ns=2_500_000,
+                                          pids_limit_hits=0)
 
 
 def test_v2_usage_without_counters_is_unknown(v2_root):

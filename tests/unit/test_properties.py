@@ -202,6 +202,7 @@ run_records = st.builds(
     timed_out=rarely,
     output_exceeded=st.none() | st.none() | st.sampled_from(["stdout", "stderr", "result"]),
     oom_killed=rarely,
+    pids_limited=rarely,
     wall_ms=st.floats(min_value=0, max_value=1e9),
     sandbox_ms=st.none() | st.floats(min_value=0, max_value=1e9),
     cpu_ms=st.none() | st.floats(min_value=0, max_value=1e9),
