@@ -70,8 +70,8 @@ def test_env(tmp_path) -> dict[str, str]:
 
 def _is_other_session(text: str, basetemp: pathlib.Path) -> bool:
     """A test cgroup or a runsc root of another pytest session running on this host, or a
-    benchmark's cgroup (the benchmark checks its own leftovers)."""
-    if text.startswith("gvisor-sandbox-bench-"):
+    benchmark's or soak's cgroup (they check their own leftovers)."""
+    if text.startswith(("gvisor-sandbox-bench-", "gvisor-sandbox-soak-")):
         return True
     if text.startswith(TEST_CGROUP_PREFIX):
         return not text.startswith(f"{TEST_CGROUP_PREFIX}{SESSION}-")
