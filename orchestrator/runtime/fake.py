@@ -131,7 +131,7 @@ class FakeRuntime:
             except ProcessLookupError:
                 pass
 
-    async def delete(self, sandbox_id: str) -> None:
+    async def delete(self, sandbox_id: str, *, timeout: float | None = None) -> None:
         self._processes.pop(sandbox_id, None)
 
     async def list_ids(self) -> list[str]:

@@ -133,13 +133,13 @@ class RunscRuntime:
         """SIGKILL every process in the sandbox; a sandbox that is already gone is fine."""
         await self._tolerant(runsc_argv.kill_argv(self.config, sandbox_id), "kill", sandbox_id, timeout=timeout)
 
-    async def delete(self, sandbox_id: str) -> None:
+    async def delete(self, sandbox_id: str, *, timeout: float = COMMAND_TIMEOUT_S) -> None:
         """Forcefully delete the sandbox's state; a sandbox that is already gone is fine.
 
         ``runsc delete`` waits until the sandbox's gofer is gone, and a zombie counts as there:
         orphaned helpers are reaped while it runs (see ``runtime.reaper``)."""
         delete = asyncio.ensure_future(
-            self._tolerant(runsc_argv.delete_argv(self.config, sandbox_id), "delete", sandbox_id))
+            self._tolerant(runsc_argv.delete_argv(self.config, sandbox_id), "delete", sandbox_id, timeout=timeout))
         try:
             while not delete.done():
                 reap_orphans()
