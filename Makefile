@@ -21,11 +21,16 @@ RUNSC_COMPAT := $(RUNSC_COMPAT_DIR)/usr/bin/runsc
 # Loads the env file (upstream's SANDBOX_* names) into the shell of a recipe line.
 LOAD_ENV    := set -a; [ -f $(ENV_FILE) ] && . ./$(ENV_FILE); set +a; export SANDBOX_ROOTFS_DIR="$${SANDBOX_ROOTFS_DIR:-$(ROOTFS_DIR)}";
 
+# make soak: seconds under load (make test runs it for TEST_SOAK_S), and where soak.json/.png go
+SOAK_S      ?= 1800
+TEST_SOAK_S ?= 120
+SOAK_OUT    ?= soak-results
+
 # systemd is the init system when /run/systemd/system exists (sd_booted(3)); pidof misses it in containers.
 UNIT_DIR    ?= /etc/systemd/system
 CONF_DIR    ?= /etc/gvisor-sandbox
 
-.PHONY: all setup ensure_env build start stop restart status test test-compat test-unit bench doctor logs clean install install-unit uninstall haproxy-config
+.PHONY: all setup ensure_env build start stop restart status test test-compat test-unit bench soak doctor logs clean install install-unit uninstall haproxy-config
 
 all: setup build start test  ## set up, build the rootfs, start the service, run the tests
 
@@ -72,9 +77,10 @@ status:  ## is the service answering?
 	@$(PY) -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$(PORT)/healthz', timeout=2).read().decode())" \
 	  || echo "status: not answering on port $(PORT)"
 
-test: setup  ## run every test (unit, host, real runsc, end to end), then the compatibility subset
+test: setup  ## run every test (unit, host, real runsc, end to end, chaos, fuzzing), the compatibility subset, a 2-minute soak
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-compat
+	@$(MAKE) --no-print-directory soak SOAK_S=$(TEST_SOAK_S)
 
 # The contract, limits and isolation tests again, booted and warm, against bookworm's own runsc
 # (0.0~20221219: no snapshots).  REQUIRE_RUNSC=1 makes a missing build an error on bookworm.
@@ -97,6 +103,9 @@ haproxy-config:  ## HAProxy config for NODES="10.0.0.11:9385 10.0.0.12:9385" (HA
 	@if [ -z "$(NODES)" ]; then echo 'haproxy-config: give the nodes, e.g. make haproxy-config NODES="10.0.0.11:9385 10.0.0.12:9385"'; exit 2; fi
 	@$(LOAD_ENV) $(PY) deploy/haproxy/render.py $(NODES) $(HAPROXY_ARGS)
 
+soak: setup  ## the real service under a mixed closed-loop load of every outcome for SOAK_S s (default 1800): 0 unexpected answers, flat RSS and FDs, nothing left; $(SOAK_OUT)/soak.json and soak.png
+	@$(LOAD_ENV) $(PY) -m orchestrator.soak --duration $(SOAK_S) --out $(SOAK_OUT) $(SOAK_ARGS)
+
 doctor: setup  ## check this host can run sandboxes; prints the fix for every failure
 	@$(LOAD_ENV) $(PY) -m orchestrator doctor
 
@@ -106,7 +115,7 @@ logs:  ## follow the service log (the journal when installed as a unit)
 
 clean: stop  ## stop, then remove every sandbox, cgroup, namespace and directory of ours, and caches
 	@if [ -x $(PY) ]; then $(LOAD_ENV) $(PY) -m orchestrator reap; fi
-	@rm -rf .pytest_cache bench-results && find . -name __pycache__ -type d -prune -exec rm -rf {} + && echo "clean: removed caches (the venv and the rootfs stay; rm -rf $(VENV) $(ROOTFS_DIR) to rebuild them)"
+	@rm -rf .pytest_cache .hypothesis bench-results soak-results && find . -name __pycache__ -type d -prune -exec rm -rf {} + && echo "clean: removed caches (the venv and the rootfs stay; rm -rf $(VENV) $(ROOTFS_DIR) to rebuild them)"
 
 install: setup build install-unit  ## install the systemd unit (pointing at this checkout) and the env file
 

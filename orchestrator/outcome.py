@@ -38,6 +38,7 @@ class RunRecord:
     timed_out: bool = False
     output_exceeded: str | None = None  # "stdout", "stderr" or "result" (main()'s value too large)
     oom_killed: bool = False
+    pids_limited: bool = False  # the pids limit refused a fork (it can kill gVisor's own sandbox process)
     wall_ms: float = 0.0
     sandbox_ms: float | None = None  # the runner's own timing of the user's code
     cpu_ms: float | None = None  # CPU time the sandbox used for the run (cgroup)
@@ -104,6 +105,21 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _structured_result(text: str) -> dict | None:
+    """``{"present", "value", "type"}`` decoded from the runner's ``result_json``, or None."""
+    try:
+        result = json.loads(text, parse_constant=_refuse_constant)  # NaN and Infinity are not JSON
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(result, dict) or set(result) != {"present", "value", "type"}:
+        return None
+    return result
+
+
 def classify(record: RunRecord, *, memory_limit_bytes: int, output_limit_bytes: int,
              result_limit_bytes: int = RESULT_LIMIT_BYTES) -> dict:
     """The CodeExecutionResult for ``record``."""
@@ -119,6 +135,15 @@ def classify(record: RunRecord, *, memory_limit_bytes: int, output_limit_bytes: 
         return failure_result("resource_limit_exceeded", EXIT_OOM,
                               f"Memory limit exceeded (killed by OOM; limit {memory_limit_bytes // 1024**2} MiB)",
                               resource_limit_type="memory", **usage)
+    if record.pids_limited and not record.reported and not record.output_exceeded:
+        # Under ptrace every process of the program is a host task too: a fork bomb can make
+        # gVisor itself fail to start a thread, and the sandbox dies (exit 2, a Go panic).
+        # resource_limit_type stays null: RAGFlow's clients know only time, memory and output.
+        code = record.exit_code if record.exit_code is not None else -1
+        return failure_result("resource_limit_exceeded", code,
+                              "Process limit exceeded: the program started more processes than the sandbox "
+                              "allows (SANDBOX_MAX_PIDS); the sandbox was stopped",
+                              detail="pids_limit_exceeded", **usage)
     if record.output_exceeded:
         limit = result_limit_bytes if record.output_exceeded == "result" else output_limit_bytes
         return failure_result(
@@ -128,7 +153,11 @@ def classify(record: RunRecord, *, memory_limit_bytes: int, output_limit_bytes: 
 
     code = record.exit_code if record.exit_code is not None else -1
     if code == 0 and (record.returned or not record.has_result_channel):
-        result = json.loads(record.result_json) if record.returned and record.result_json else None
+        result = None
+        if record.returned and record.result_json:
+            result = _structured_result(record.result_json)
+            if result is None:  # our runner always sends one; a broken frame is our failure
+                return internal_error_result("run: the runner's result is not a structured JSON result") | usage
         return empty_result(stdout=clean_stdout(_decode(record.stdout)), stderr=stderr, exit_code=0,
                             artifacts=record.artifacts, result=result, **usage)
     if code == 0:

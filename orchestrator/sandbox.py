@@ -41,6 +41,7 @@ BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.U
 MAX_FRAME_BYTES = RESULT_LIMIT_BYTES  # a control frame carries at most main()'s result
 KILL_WAIT_S = 5.0
 KILL_RETRY_S = 0.25
+KILL_COMMAND_TIMEOUT_S = 2.0  # `runsc kill` answers in ~30 ms; a stopped (SIGSTOP) sandbox never does
 BOOT_CPU_WEIGHT = 10  # a pool member booting ahead yields the CPU to sandboxes serving requests
 EXIT_GRACE_S = 2.0
 
@@ -189,6 +190,7 @@ class Sandbox:
                 self._net = await asyncio.to_thread(self.host.network.create, self.id)
                 self._stack.push_async_callback(asyncio.to_thread, self.host.network.remove, self._net)
             if self.language.can_boot_ahead:
+                self._check_rootfs()
                 await self._launch(self.boot_env())
                 await self._await_ready()
         except BaseException:
@@ -199,6 +201,13 @@ class Sandbox:
         self.booted_at = time.monotonic()
         self.boot_ms = (self.booted_at - started) * 1000
         log.debug("sandbox=%s booted in %.0f ms preload=%s", self.id, self.boot_ms, self.preload)
+
+    def _check_rootfs(self) -> None:
+        """A rootfs removed or renamed under the running service is named as such, not left to
+        runsc's "mounting root on root ... no such file or directory"."""
+        if not self.rootfs_tree.is_dir():
+            raise HostError(f"boot sandbox {self.id}: the {self.language.name} rootfs {self.rootfs} is missing "
+                            f"(it resolves to {self.rootfs_tree}); run `make build` or restore it")
 
     def boot_env(self) -> dict[str, str]:
         return preload_env(self.language, self.preload)
@@ -213,7 +222,10 @@ class Sandbox:
 
     async def _launch(self, extra_env: dict[str, str]) -> None:
         assert self._dirs is not None
-        write_bundle(self._dirs.bundle, self.spec(extra_env))
+        try:
+            write_bundle(self._dirs.bundle, self.spec(extra_env))
+        except OSError as exc:  # e.g. the state dir's filesystem is full
+            raise HostError(f"write bundle of sandbox {self.id}: {exc}") from exc
         child_ends: list[int] = []
         try:
             if self.language.can_boot_ahead:
@@ -371,8 +383,12 @@ class Sandbox:
                         except FrameTooLargeError:
                             record.output_exceeded = "result"
                 if frame is not None and frame.get("type") == "done":
+                    exit_code = frame.get("exit_code", 1)
+                    if not isinstance(exit_code, int) or isinstance(exit_code, bool):
+                        raise ProtocolError(f"run: the done frame's exit code {exit_code!r} is not an integer",
+                                            sandbox_id=self.id)
                     record.reported = self._reported = True
-                    record.exit_code = int(frame.get("exit_code", 1))
+                    record.exit_code = exit_code
                     record.returned = bool(frame.get("returned")) and isinstance(frame.get("result_json"), str)
                     record.result_json = frame.get("result_json") if record.returned else None
                     if isinstance(frame.get("duration_ms"), (int, float)):
@@ -400,6 +416,7 @@ class Sandbox:
             if usage.cpu_ns is not None:
                 record.cpu_ms = (usage.cpu_ns - (self._cpu_ns_before_run or 0)) / 1e6
             record.oom_killed = bool(usage.oom_kills) and not record.timed_out
+            record.pids_limited = bool(usage.pids_limit_hits) and not record.timed_out
         elif not record.reported and record.exit_code == 137 and not record.timed_out:
             record.oom_killed = True
         return record
@@ -422,25 +439,38 @@ class Sandbox:
     async def _kill(self) -> None:
         """Kill every process of the sandbox and wait for ``runsc run`` to exit.
 
-        A sandbox still being created may not accept ``runsc kill`` yet, so the kill is
-        repeated until ``runsc run`` exits; past KILL_WAIT_S it is killed itself and the
-        sandbox deleted by force."""
+        ``runsc kill`` first, bounded: a sandbox still being created may not accept it yet, so
+        it is repeated until ``runsc run`` exits.  When it fails (a stopped sandbox never
+        answers it; without the runsc binary there is none), the sandbox's host processes are
+        SIGKILLed through its cgroup instead.  Past KILL_WAIT_S ``runsc run`` is killed itself
+        and the sandbox deleted by force."""
         process = self._process
         if process is None or process.returncode is not None:
             return
         deadline = time.monotonic() + KILL_WAIT_S
         while process.returncode is None and time.monotonic() < deadline:
             try:
-                await self.host.runtime.kill(self.id)
+                await self.host.runtime.kill(self.id, timeout=KILL_COMMAND_TIMEOUT_S)
             except RunscError as exc:
                 log.warning("sandbox=%s %s", self.id, exc)
+                self._kill_tasks("runsc kill failed")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(process.wait(), KILL_RETRY_S)
         if process.returncode is None:
             log.warning("sandbox=%s runsc run did not exit after kill; killing it and deleting the sandbox", self.id)
+            self._kill_tasks("runsc run did not exit")
             process.kill()
             await process.wait()
             await self.host.runtime.delete(self.id)
+
+    def _kill_tasks(self, why: str) -> int:
+        """SIGKILL the sandbox's host processes through its cgroup (none without cgroups)."""
+        if self.host.cgroups is None:
+            return 0
+        killed = self.host.cgroups.kill_tasks(self.id)
+        if killed:
+            log.warning("sandbox=%s %s: killed its %d host processes through its cgroup", self.id, why, killed)
+        return killed
 
     async def checkpoint(self, image_dir: pathlib.Path, *, uncompressed: bool = True) -> None:
         """Save this ready, never used sandbox into ``image_dir``; it exits and is then of no
@@ -459,12 +489,19 @@ class Sandbox:
             # The runner said it is done and is exiting by itself: no need for a runsc kill.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(process.wait(), EXIT_GRACE_S)
-        await self._kill()
-        if self._writer is not None:
-            self._writer.close()
-        await self._start.release(self.host.runtime, self.id)
-        self.host.runtime.reap_orphans()
-        self.host.runtime.forget(self.id)
+        try:
+            await self._kill()
+            await self._start.release(self.host.runtime, self.id)
+        except RunscError as exc:
+            # runsc could not end or delete it (no binary, no answer): kill what is left of it
+            # and remove its runsc files below, so nothing of it outlives the request.
+            log.error("sandbox=%s stop: %s", self.id, exc)
+            self._kill_tasks("runsc could not delete it")
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+            self.host.runtime.reap_orphans()
+            self.host.runtime.forget(self.id)
 
     async def destroy(self) -> None:
         """Undo everything ``boot`` and ``run`` did; safe to call more than once.

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup")
 RUNSC_NETWORK = {"none": "none", "egress": "sandbox"}  # SANDBOX_CONTAINER_NETWORK -> runsc --network
 ROOT_NETNS_REFUSAL = "cannot run with network enabled in root network namespace"
+REAP_DELETE_TIMEOUT_S = 5.0  # a delete of a container whose processes are dead takes ~20 ms
 
 
 @dataclass(frozen=True)
@@ -201,10 +202,24 @@ async def reap(runtime: RunscRuntime, cgroups: Cgroups | None, state_dir: pathli
     """Remove what an earlier run of the service left: sandboxes, cgroups, sandbox dirs,
     network namespaces, veths and the firewall table."""
     reaped = []
-    for sandbox_id in await runtime.list_ids():
-        await runtime.kill(sandbox_id)
-        await runtime.delete(sandbox_id)
-        reaped.append(f"sandbox {sandbox_id}")
+    # After a kill -9 the old service's runsc processes run on, orphaned: kill them first (by
+    # their --root, and whatever else is in a sandbox's cgroup), or a delete can wait on a gofer
+    # that is still busy and a `runsc run` still creating its container add one after the list.
+    killed = len(await asyncio.to_thread(runtime.kill_strays))
+    if cgroups is not None:
+        killed += sum(cgroups.kill_tasks(sandbox_id) for sandbox_id in cgroups.list_sandboxes())
+    if killed:
+        reaped.append(f"{killed} runsc processes")
+
+    async def delete(sandbox_id: str) -> str:
+        try:
+            await runtime.delete(sandbox_id, timeout=REAP_DELETE_TIMEOUT_S)
+        except RunscError as exc:  # its processes are gone; what is left is files
+            log.warning("reap: %s; removing its runsc files", exc)
+        runtime.forget(sandbox_id)
+        return f"sandbox {sandbox_id}"
+
+    reaped += await asyncio.gather(*(delete(sandbox_id) for sandbox_id in await runtime.list_ids()))
     if cgroups is not None:
         for sandbox_id in cgroups.list_sandboxes():
             await asyncio.to_thread(cgroups.remove, sandbox_id)

@@ -230,10 +230,13 @@ class SnapshotStore:
         """A hold on the profile's current image, or None (boot instead).  A stale image is
         not leased; its replacement is made in the background."""
         state = self._profiles.get(profile_key)
-        if state is None or state.image is None or state.state != "ready":
+        # "failed" with an image: its inputs could not be read (a rootfs or runsc binary gone
+        # for a while); once they read the same again, the image serves again.
+        if state is None or state.image is None or state.state not in ("ready", "failed"):
             return None
         if not self._is_current(state):
             return None
+        self._recover(state)
         image = state.image
         image.leases += 1
         return Lease(image, self._release)
@@ -305,6 +308,12 @@ class SnapshotStore:
         self._wake.set()
         return False
 
+    def _recover(self, state: _ProfileState) -> None:
+        """The inputs of a failed profile's image read the same again: it is ready again."""
+        if state.state == "failed" and state.image is not None:
+            log.info("snapshot %s: the image's inputs are back (%s); serving it again", state.spec.key, state.reason)
+            self._set(state, "ready", None)
+
     # -- making -----------------------------------------------------------------------------
 
     async def _make_loop(self) -> None:
@@ -349,6 +358,7 @@ class SnapshotStore:
             self._set(state, "failed", f"compute the image key: {exc}")
             return False
         if state.image is not None and state.image.key == key:
+            self._recover(state)
             return False
         if state.state in ("failed", "slower") and state.failed_key == key and time.monotonic() - state.failed_at < RETRY_S:
             return False

@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import pathlib
+import signal
 import time
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ class Usage:
     memory_peak_bytes: int | None
     oom_kills: int | None
     cpu_ns: int | None
+    pids_limit_hits: int | None = None  # forks refused at pids.max (pids.events "max")
 
 
 def _v1_shares(weight: int) -> int:
@@ -86,9 +88,10 @@ def _read_key(path: pathlib.Path, key: str) -> int | None:
     return None
 
 
-def _remove_dirs(directories: list[pathlib.Path], wait_s: float) -> None:
-    """rmdir each cgroup directory, retrying while it is busy (tasks still exiting) up to
-    ``wait_s`` in all; one already gone is fine."""
+def _remove_dirs(directories: list[pathlib.Path], wait_s: float, sleep=time.sleep) -> None:
+    """rmdir each cgroup directory, retrying while something is still in it (runsc tasks
+    still exiting, a child cgroup being removed) up to ``wait_s`` in all; one already gone is
+    fine.  Past the wait the error says what is left in it."""
     deadline = time.monotonic() + wait_s
     for directory in directories:
         while True:
@@ -98,9 +101,44 @@ def _remove_dirs(directories: list[pathlib.Path], wait_s: float) -> None:
             except FileNotFoundError:
                 break
             except OSError as exc:
-                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                # The kernel says EBUSY for a cgroup with tasks or children (ENOTEMPTY: a plain
+                # directory standing in for one, in tests).
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
                     raise HostError(f"remove cgroup {directory}: {exc}") from exc
-                time.sleep(0.02)
+                if time.monotonic() >= deadline:
+                    raise HostError(f"remove cgroup {directory}: {exc}; still in it after {wait_s:g} s: "
+                                    f"{describe_contents(directory)}") from exc
+                sleep(0.02)
+
+
+def _task_pids(directory: pathlib.Path) -> list[int]:
+    try:
+        return sorted({int(line) for line in (directory / "cgroup.procs").read_text().split() if line.isdigit()})
+    except OSError:
+        return []
+
+
+def _comm(pid: int) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def describe_contents(directory: pathlib.Path, most: int = 8) -> str:
+    """What keeps a cgroup directory busy: its child cgroups and its tasks (pid and name)."""
+    try:
+        children = sorted(entry.name for entry in directory.iterdir() if entry.is_dir())
+    except OSError:
+        children = []
+    tasks = _task_pids(directory)
+    parts = []
+    if children:
+        parts.append(f"child cgroups {', '.join(children[:most])}" + (f" (+{len(children) - most})" if len(children) > most else ""))
+    if tasks:
+        parts.append("tasks " + ", ".join(f"{pid} ({_comm(pid)})" for pid in tasks[:most])
+                     + (f" (+{len(tasks) - most})" if len(tasks) > most else ""))
+    return "; ".join(parts) or "no tasks or child cgroups (still exiting?)"
 
 
 class Cgroups:
@@ -111,6 +149,7 @@ class Cgroups:
         if self.delegated is not None and not self.parent.startswith(self.delegated + "/"):
             raise HostError(f"place cgroups: parent /{self.parent} is not inside the delegated /{self.delegated}")
         self.version = detect_version(root)
+        self._totals: CgroupLimits | None = None  # what prepare() wrote, to recreate the parent
 
     def cgroups_path(self, sandbox_id: str) -> str:
         """The value for the spec's ``linux.cgroupsPath``."""
@@ -189,6 +228,7 @@ class Cgroups:
     def prepare(self, totals: CgroupLimits = CgroupLimits()) -> None:
         """Create the parent (idempotent) with the service's total budget; on v2 enable our
         controllers down to it (from the delegated unit down, when there is one)."""
+        self._totals = totals
         try:
             if self.version == 2:
                 node = self.root
@@ -273,13 +313,26 @@ class Cgroups:
 
     def remove_parent(self, *, wait_s: float = 2.0) -> None:
         """Remove our (empty) parent cgroup(s): ``make clean`` and tests use it.  Waits briefly
-        while a runsc process that is still exiting keeps one busy."""
+        while a runsc process that is still exiting keeps one busy; past that, the error names
+        what is still in it (child cgroups, tasks)."""
         _remove_dirs(self._all_dirs(None), wait_s)
 
     # -- sandboxes --------------------------------------------------------------------------
 
     def create(self, sandbox_id: str, limits: CgroupLimits) -> None:
-        """Create the sandbox's cgroup and write its limits."""
+        """Create the sandbox's cgroup and write its limits.  A parent removed from outside
+        (an operator's cleanup, a unit restarted around us) is recreated as ``prepare`` made it."""
+        try:
+            self._create(sandbox_id, limits)
+        except HostError as exc:
+            if self._totals is None or all(directory.is_dir() for directory in self._dirs(None)):
+                raise
+            log.warning("sandbox=%s the parent cgroup /%s was removed from outside; recreating it (%s)",
+                        sandbox_id, self.parent, exc)
+            self.prepare(self._totals)
+            self._create(sandbox_id, limits)
+
+    def _create(self, sandbox_id: str, limits: CgroupLimits) -> None:
         created: list[pathlib.Path] = []
         try:
             for directory in self._dirs(sandbox_id):
@@ -296,6 +349,26 @@ class Cgroups:
                     log.warning("sandbox=%s remove cgroup %s after a failed create: %s", sandbox_id, directory, undo)
             raise HostError(f"create cgroup for sandbox {sandbox_id}: {exc}") from exc
 
+    def kill_tasks(self, sandbox_id: str, rounds: int = 3) -> int:
+        """SIGKILL every process in the sandbox's cgroup (runsc's sandbox and gofer processes and
+        their stubs: ``runsc run`` itself is not in it) and return how many were signalled.  For
+        a sandbox ``runsc kill`` cannot reach: a stopped (SIGSTOP) sandbox never answers it, and
+        without the runsc binary there is no ``runsc kill`` at all.  A few rounds, for tasks
+        forked while the first were killed."""
+        node = self._node("memory", sandbox_id)
+        signalled: set[int] = set()
+        for _ in range(rounds):
+            pids = [pid for pid in _task_pids(node) if pid not in signalled]
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                signalled.add(pid)
+        return len(signalled)
+
     def set_cpu_weight(self, sandbox_id: str, weight: int) -> None:
         """Change a live sandbox's CPU weight (booting pool members run low, requests normal)."""
         try:
@@ -306,14 +379,16 @@ class Cgroups:
 
     def usage(self, sandbox_id: str, *, oom: bool = True) -> Usage:
         """Peak memory, CPU time and (unless ``oom`` is False: the caller knows the program
-        ended on its own) the OOM kill count."""
+        ended on its own) the OOM kill count and how often the pids limit refused a fork."""
+        pids = _read_key(self._node("pids", sandbox_id) / "pids.events", "max") if oom else None
         if self.version == 2:
             base = self._node("memory", sandbox_id)
             return Usage(_read_int(base / "memory.peak"),
-                         _read_key(base / "memory.events", "oom_kill") if oom else None, self.cpu_ns(sandbox_id))
+                         _read_key(base / "memory.events", "oom_kill") if oom else None, self.cpu_ns(sandbox_id), pids)
         memory = self._node("memory", sandbox_id)
         return Usage(_read_int(memory / "memory.max_usage_in_bytes"),
-                     _read_key(memory / "memory.oom_control", "oom_kill") if oom else None, self.cpu_ns(sandbox_id))
+                     _read_key(memory / "memory.oom_control", "oom_kill") if oom else None, self.cpu_ns(sandbox_id),
+                     pids)
 
     def cpu_ns(self, sandbox_id: str) -> int | None:
         """CPU time the sandbox's tasks used so far, in nanoseconds."""

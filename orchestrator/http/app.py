@@ -31,6 +31,7 @@ from orchestrator.executor import Executor
 from orchestrator.http.guard import Network, RateLimiter, client_key, token_matches
 from orchestrator.http.openapi import openapi_document
 from orchestrator.http.request import parse_run_request
+from orchestrator.http.disconnect import cancel_on_disconnect
 from orchestrator.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,10 @@ async def error_middleware(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _json({"detail": exc.reason}, status=exc.status)
+        response = _json({"detail": exc.reason}, status=exc.status)
+        if "Allow" in exc.headers:  # a 405 must say which methods are (RFC 9110 15.5.6)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except ServiceError as exc:
         log.error("request=%s %s", REQUEST_ID.get(), exc)
         if request.path == RUN_PATH:
@@ -170,7 +174,8 @@ def create_app(executor: Executor, *, max_request_bytes: int, api_token: str | N
                      limiter=RateLimiter(*rate_limit) if rate_limit else None, trusted_proxies=tuple(trusted_proxies),
                      drain=drain or Drain())
     state.metrics.watch_pools(executor.status)
-    app = web.Application(middlewares=[error_middleware, guard_middleware], client_max_size=max_request_bytes)
+    app = web.Application(middlewares=[error_middleware, guard_middleware, cancel_on_disconnect({RUN_PATH})],
+                          client_max_size=max_request_bytes)
     app[STATE] = state
     app.router.add_get("/", health)
     app.router.add_get("/healthz", health)

@@ -6,24 +6,36 @@ document cannot drift from what the service does.
 
 from __future__ import annotations
 
+from orchestrator.http.request import MAX_ARGUMENT_DEPTH
+
 STATUSES = ["success", "program_error", "resource_limit_exceeded", "unauthorized_access", "runtime_error",
             "program_runner_error"]
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
 
-SCHEMAS = {
-    "RunRequest": {
+def run_request_schema(languages: list[str]) -> dict:
+    """``POST /run``'s body as ``request.parse_run_request`` accepts it: anything outside it
+    is a 422 (the fuzzing tests hold both sides to that)."""
+    return {
         "type": "object",
         "required": ["code_b64"],
         "properties": {
-            "code_b64": {"type": "string", "description": "Standard base64 of the UTF-8 source"},
-            "language": {"type": ["string", "null"], "default": "python"},
+            "code_b64": {"type": "string", "format": "base64", "contentEncoding": "base64",
+                         "contentMediaType": "text/plain; charset=utf-8",
+                         "description": "Standard base64 (RFC 4648, padded) of the UTF-8 source; anything else, "
+                                        "or bytes that are not UTF-8, is a 422"},
+            "language": {"enum": [*languages, None], "default": "python",
+                         "description": "null means python"},
             "arguments": {"type": ["object", "null"], "default": {},
-                          "description": "Python: main(**arguments); Node.js: main(arguments)"},
+                          "description": "Python: main(**arguments); Node.js: main(arguments); null means {}; "
+                                         f"nested at most {MAX_ARGUMENT_DEPTH} levels deep"},
         },
         "additionalProperties": True,
-    },
+    }
+
+
+SCHEMAS = {
     "Artifact": {
         "type": "object",
         "required": ["name", "mime_type", "size", "content_b64"],
@@ -120,7 +132,7 @@ def openapi_document(languages: list[str]) -> dict:
             }},
         },
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {"RunRequest": run_request_schema(languages), **SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
                                 "token": {"type": "apiKey", "in": "header", "name": "X-Sandbox-Token"}},
         },

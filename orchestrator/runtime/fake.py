@@ -119,7 +119,10 @@ class FakeRuntime:
     def forget(self, sandbox_id: str) -> list[str]:
         return []
 
-    async def kill(self, sandbox_id: str) -> None:
+    def kill_strays(self) -> list[int]:
+        return []
+
+    async def kill(self, sandbox_id: str, *, timeout: float | None = None) -> None:
         self.killed.append(sandbox_id)
         process = self._processes.get(sandbox_id)
         if process is not None and process.returncode is None:
@@ -128,7 +131,7 @@ class FakeRuntime:
             except ProcessLookupError:
                 pass
 
-    async def delete(self, sandbox_id: str) -> None:
+    async def delete(self, sandbox_id: str, *, timeout: float | None = None) -> None:
         self._processes.pop(sandbox_id, None)
 
     async def list_ids(self) -> list[str]:

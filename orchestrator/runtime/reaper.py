@@ -11,6 +11,10 @@ What is reaped: zombies among this process's direct children whose command name 
 ``exe``.  runsc's helpers (gofer, sandbox, the sandbox's stub processes) re-execute
 ``/proc/self/exe``, so that is their name; the processes the service starts itself are named
 after their binaries (``runsc``, ``unshare``, ``python``), and asyncio waits for those.
+
+Strays (``find_strays``, ``kill_strays``): after the service itself was killed (``kill -9``),
+the runsc processes it started run on, orphaned, under its ``--root``.  The next start kills
+them before it deletes their containers.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import ctypes
 import logging
 import os
 import pathlib
+import signal
+import time
 
 log = logging.getLogger(__name__)
 
@@ -71,3 +77,38 @@ def reap_orphans(proc: pathlib.Path = pathlib.Path("/proc")) -> int:
         except ChildProcessError:
             continue
     return reaped
+
+
+def find_strays(root_flag: str, proc: pathlib.Path = pathlib.Path("/proc")) -> list[int]:
+    """Processes other than this one with ``root_flag`` (``--root=<dir>``) as one of their
+    arguments: runsc run/restore, gofers and sandboxes under that root.  Zombies have no
+    arguments left and are not listed."""
+    wanted = root_flag.encode()
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in arguments:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def kill_strays(root_flag: str, wait_s: float = 5.0, proc: pathlib.Path = pathlib.Path("/proc")) -> list[int]:
+    """SIGKILL every process ``find_strays`` lists and wait, up to ``wait_s``, until they are
+    gone (reaped by whoever adopted them: ``runsc delete`` waits on a zombie gofer); the pids
+    signalled.  Blocking: for start-up and ``make clean``, in a thread."""
+    pids = find_strays(root_flag, proc)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + wait_s
+    while any((proc / str(pid)).exists() for pid in pids) and time.monotonic() < deadline:
+        reap_orphans(proc)
+        time.sleep(0.05)
+    return pids

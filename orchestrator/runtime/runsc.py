@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from orchestrator.errors import RunscError
 from orchestrator.runtime import argv as runsc_argv
 from orchestrator.runtime.argv import RunscConfig
+from orchestrator.runtime import reaper
 from orchestrator.runtime.reaper import reap_orphans
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,14 @@ class RunscRuntime:
             return await asyncio.create_subprocess_exec(
                 *argv, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True)
         except OSError as exc:
-            raise RunscError(f"start sandbox: {exc}", sandbox_id=sandbox_id) from exc
+            raise RunscError(f"start sandbox: {self._spawn_problem(exc)}", sandbox_id=sandbox_id) from exc
+
+    def _spawn_problem(self, exc: OSError) -> str:
+        """Why runsc could not be started, naming the binary when it is gone."""
+        binary = self.config.binary
+        if not os.access(binary, os.X_OK):
+            return f"the runsc binary {binary} is missing or not executable ({exc.strerror}): reinstall runsc or fix SANDBOX_RUNSC"
+        return str(exc)
 
     async def restore(self, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path, image_dir: pathlib.Path, *,
                       stdin: int, stdout: int, stderr: int) -> asyncio.subprocess.Process:
@@ -112,7 +120,7 @@ class RunscRuntime:
             return await asyncio.create_subprocess_exec(
                 *argv, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True)
         except OSError as exc:
-            raise RunscError(f"restore sandbox: {exc}", sandbox_id=sandbox_id) from exc
+            raise RunscError(f"restore sandbox: {self._spawn_problem(exc)}", sandbox_id=sandbox_id) from exc
 
     async def checkpoint(self, sandbox_id: str, image_dir: pathlib.Path, *, uncompressed: bool = True) -> None:
         """Save the running sandbox into ``image_dir`` (which must exist); the sandbox exits."""
@@ -121,17 +129,17 @@ class RunscRuntime:
         if code != 0:
             raise RunscError(f"checkpoint sandbox: exit {code}: {err.strip()[-300:]}", sandbox_id=sandbox_id)
 
-    async def kill(self, sandbox_id: str) -> None:
+    async def kill(self, sandbox_id: str, *, timeout: float = COMMAND_TIMEOUT_S) -> None:
         """SIGKILL every process in the sandbox; a sandbox that is already gone is fine."""
-        await self._tolerant(runsc_argv.kill_argv(self.config, sandbox_id), "kill", sandbox_id)
+        await self._tolerant(runsc_argv.kill_argv(self.config, sandbox_id), "kill", sandbox_id, timeout=timeout)
 
-    async def delete(self, sandbox_id: str) -> None:
+    async def delete(self, sandbox_id: str, *, timeout: float = COMMAND_TIMEOUT_S) -> None:
         """Forcefully delete the sandbox's state; a sandbox that is already gone is fine.
 
         ``runsc delete`` waits until the sandbox's gofer is gone, and a zombie counts as there:
         orphaned helpers are reaped while it runs (see ``runtime.reaper``)."""
         delete = asyncio.ensure_future(
-            self._tolerant(runsc_argv.delete_argv(self.config, sandbox_id), "delete", sandbox_id))
+            self._tolerant(runsc_argv.delete_argv(self.config, sandbox_id), "delete", sandbox_id, timeout=timeout))
         try:
             while not delete.done():
                 reap_orphans()
@@ -163,14 +171,36 @@ class RunscRuntime:
         return removed
 
     async def list_ids(self) -> list[str]:
-        if not self.config.root.exists():
+        """Containers under our ``--root``: ``runsc list``, plus every id its files name (a
+        ``runsc run`` killed while it created its container leaves files ``list`` does not
+        show; a broken state file can make ``list`` fail)."""
+        root = self.config.root
+        if not root.exists():
             return []
-        code, out, err = await run_command(runsc_argv.list_argv(self.config))
-        if code != 0:
-            raise RunscError(f"list sandboxes: exit {code}: {err.strip()[-300:]}")
-        return sorted(line.strip() for line in out.splitlines() if line.strip())
+        ids = set()
+        try:
+            code, out, err = await run_command(runsc_argv.list_argv(self.config))
+            if code != 0:
+                raise RunscError(f"list sandboxes: exit {code}: {err.strip()[-300:]}")
+            ids.update(line.strip() for line in out.splitlines() if line.strip())
+        except RunscError as exc:
+            log.warning("%s; going by the files under %s", exc, root)
+        for entry in root.iterdir():
+            name = entry.name
+            if name.endswith((".state", ".lock")) and "_sandbox:" in name:
+                ids.add(name.partition("_sandbox:")[0])
+            elif name.startswith("runsc-") and name.endswith(".sock"):
+                ids.add(name.removeprefix("runsc-").removesuffix(".sock"))
+        return sorted(sandbox_id for sandbox_id in ids if runsc_argv.SANDBOX_ID.fullmatch(sandbox_id))
 
-    async def _tolerant(self, argv: list[str], verb: str, sandbox_id: str) -> None:
-        code, _, err = await run_command(argv)
+    def kill_strays(self) -> list[int]:
+        """SIGKILL the runsc processes still running under our ``--root`` after the service
+        that started them died, and wait until they are gone (``reaper.kill_strays``).  Only
+        before this service starts sandboxes of its own: blocking, call it in a thread."""
+        return reaper.kill_strays(f"--root={self.config.root}")
+
+    async def _tolerant(self, argv: list[str], verb: str, sandbox_id: str, *,
+                        timeout: float = COMMAND_TIMEOUT_S) -> None:
+        code, _, err = await run_command(argv, timeout=timeout)
         if code != 0 and not any(marker in err.lower() for marker in _MISSING):
             raise RunscError(f"{verb} sandbox: exit {code}: {err.strip()[-300:]}", sandbox_id=sandbox_id)

@@ -59,3 +59,26 @@ def test_our_own_children_are_not_reaped_behind_their_waiter():
         time.sleep(0.02)
     reap_orphans()
     assert child.wait(timeout=5) == 7, "the exit status was stolen from the process's own waiter"
+
+
+def test_kill_strays_kills_only_the_processes_of_our_runsc_root(tmp_path):
+    """What a service killed with -9 left running under its --root is killed at the next
+    start; a process of another root (another service on this host) is not."""
+    from orchestrator.runtime.reaper import find_strays, kill_strays
+
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--root={tmp_path}/runsc"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--root={tmp_path}/runsc2"])
+    try:
+        deadline = time.monotonic() + 10
+        while ours.pid not in find_strays(f"--root={tmp_path}/runsc") and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the interpreter's cmdline is in place
+        assert find_strays(f"--root={tmp_path}/runsc") == [ours.pid]
+        assert kill_strays(f"--root={tmp_path}/runsc", wait_s=0) == [ours.pid]
+        assert ours.wait(timeout=10) == -9
+        assert other.poll() is None
+        assert find_strays(f"--root={tmp_path}/runsc") == []
+    finally:
+        for process in (ours, other):
+            if process.poll() is None:
+                process.kill()
+                process.wait()

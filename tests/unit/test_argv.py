@@ -205,3 +205,29 @@ def test_forget_removes_only_the_named_sandboxs_runsc_files(tmp_path):
     assert runtime.forget("python-0123456789abcdef") == sorted(ours)
     assert [p.name for p in tmp_path.iterdir()] == [other]
     assert runtime.forget("python-0123456789abcdef") == []
+
+
+async def test_list_ids_goes_by_the_files_when_runsc_list_fails(tmp_path, caplog):
+    """After a crash `runsc list` may fail on a half-written state file or miss a container
+    still being created: every id a lock, state or socket file names is reaped too."""
+    from orchestrator.runtime.runsc import RunscRuntime
+
+    runtime = RunscRuntime(RunscConfig(binary=pathlib.Path("/bin/false"), root=tmp_path))
+    for name in ("python-0123456789abcdef_sandbox:python-0123456789abcdef.lock",
+                 "nodejs-fedcba9876543210_sandbox:nodejs-fedcba9876543210.state",
+                 "runsc-python-aaaaaaaaaaaaaaaa.sock", "unrelated.txt", "bad id_sandbox:bad id.state"):
+        (tmp_path / name).write_text("")
+    with caplog.at_level("WARNING", logger="orchestrator.runtime.runsc"):
+        ids = await runtime.list_ids()
+    assert ids == ["nodejs-fedcba9876543210", "python-0123456789abcdef", "python-aaaaaaaaaaaaaaaa"]
+    assert "list sandboxes: exit 1" in caplog.text
+
+
+def test_spawning_a_missing_runsc_names_the_binary(tmp_path):
+    from orchestrator.runtime.runsc import RunscRuntime
+
+    missing = tmp_path / "runsc"
+    runtime = RunscRuntime(RunscConfig(binary=missing, root=tmp_path))
+    problem = runtime._spawn_problem(FileNotFoundError(2, "No such file or directory"))
+    assert problem.startswith(f"the runsc binary {missing} is missing or not executable (No such file or directory)")
+    assert "SANDBOX_RUNSC" in problem

@@ -4,7 +4,12 @@ plain directories and files standing in for the kernel's)."""
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
+import shutil
+import signal
+import subprocess
+import tempfile
 
 import pytest
 
@@ -131,7 +136,10 @@ def test_v1_usage(v1_root):
     (memory / "memory.max_usage_in_bytes").write_text("52428800\n")
     (memory / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
     (v1_root / "cpuacct" / PARENT / "sb-1" / "cpuacct.usage").write_text("123456789\n")
-    assert cgroups.usage("sb-1") == Usage(memory_peak_bytes=52428800, oom_kills=2, cpu_ns=123456789)
+    (v1_root / "pids" / PARENT / "sb-1" / "pids.events").write_text("max 17\n")
+    assert cgroups.usage("sb-1") == Usage(memory_peak_bytes=52428800, oom_kills=2, cpu_ns=123456789,
+                                          pids_limit_hits=17)
+    assert cgroups.usage("sb-1", oom=False).pids_limit_hits is None  # the program reported its end
 
 
 def test_v1_usage_without_counters_is_unknown(v1_root):
@@ -249,7 +257,9 @@ def test_v2_usage(v2_root):
     (leaf / "memory.peak").write_text("73400320\n")
     (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n")
     (leaf / "cpu.stat").write_text("usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n")
-    assert cgroups.usage("sb-1") == Usage(memory_peak_bytes=73400320, oom_kills=1, cpu_ns=2_500_000)
+    (leaf / "pids.events").write_text("max 0\n")
+    assert cgroups.usage("sb-1") == Usage(memory_peak_bytes=73400320, oom_kills=1, cpu_ns=2_500_000,
+                                          pids_limit_hits=0)
 
 
 def test_v2_usage_without_counters_is_unknown(v2_root):
@@ -345,3 +355,76 @@ def test_v1_cpu_quota_is_clamped_to_the_ancestors(v1_root):
     assert (unit / "sandboxes" / "sb-1" / "cpu.cfs_quota_us").read_text() == "30000"
     cgroups.create("sb-2", CgroupLimits(cpus=0.2))
     assert (unit / "sandboxes" / "sb-2" / "cpu.cfs_quota_us").read_text() == "20000"
+
+
+# -- what is left, recreation, killing ----------------------------------------------------------
+
+def test_remove_parent_names_what_is_still_in_it(v1_root):
+    """A parent that stays busy past the wait: the error lists its child cgroups and tasks
+    (runsc 20240729 left test parents behind while a runsc process was still exiting)."""
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare()
+    (v1_root / "memory" / PARENT / "python-abc").mkdir()
+    (v1_root / "memory" / PARENT / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    with pytest.raises(HostError) as caught:
+        cgroups.remove_parent(wait_s=0)
+    message = str(caught.value)
+    assert f"remove cgroup {v1_root / 'memory' / PARENT}" in message
+    assert "still in it after 0 s" in message
+    assert "child cgroups python-abc" in message
+    assert f"tasks {os.getpid()} ({pathlib.Path('/proc/self/comm').read_text().strip()})" in message
+
+
+def test_remove_dirs_retries_until_the_last_task_left():
+    """Busy at first, free once what was in it went away: removed, no error."""
+    from orchestrator.host.cgroups import _remove_dirs
+
+    with tempfile.TemporaryDirectory() as root:
+        busy = pathlib.Path(root) / "parent"
+        (busy / "exiting").mkdir(parents=True)
+        waits = []
+
+        def sleep(seconds: float) -> None:  # the runsc process exits while we wait
+            waits.append(seconds)
+            (busy / "exiting").rmdir()
+
+        _remove_dirs([busy], wait_s=60, sleep=sleep)
+        assert not busy.exists() and len(waits) == 1
+
+
+def test_create_recreates_a_parent_removed_from_outside(v1_root, caplog):
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare(CgroupLimits(memory_bytes=2 * 1024**3))
+    for controller in ("memory", "pids", "cpu", "cpuacct"):  # an operator's cleanup
+        shutil.rmtree(v1_root / controller / PARENT)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.host.cgroups"):
+        cgroups.create("sb-1", LIMITS)
+    assert "was removed from outside; recreating it" in caplog.text
+    assert (v1_root / "memory" / PARENT / "memory.limit_in_bytes").read_text() == str(2 * 1024**3)
+    for controller in ("memory", "pids", "cpu", "cpuacct"):
+        assert (v1_root / controller / PARENT / "sb-1").is_dir()
+
+
+def test_create_without_a_prepared_parent_is_an_error(v1_root):
+    """Only a parent this object prepared is recreated: a wrong path stays a clear error."""
+    with pytest.raises(HostError, match="create cgroup for sandbox sb-1"):
+        Cgroups(v1_root, PARENT).create("sb-1", LIMITS)
+
+
+def test_kill_tasks_kills_every_process_in_the_sandbox_cgroup(v1_root):
+    """Even a stopped process (SIGSTOP): SIGKILL reaches it, where `runsc kill` would wait on
+    a sandbox that never answers."""
+    cgroups = Cgroups(v1_root, PARENT)
+    cgroups.prepare()
+    cgroups.create("sb-1", LIMITS)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        sleeper.send_signal(signal.SIGSTOP)
+        (v1_root / "memory" / PARENT / "sb-1" / "cgroup.procs").write_text(f"{sleeper.pid}\n")
+        assert cgroups.kill_tasks("sb-1") == 1
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+    assert cgroups.kill_tasks("no-such-sandbox") == 0

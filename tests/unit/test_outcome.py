@@ -129,6 +129,13 @@ FAILURES = [
           stderr="warn\nError: the program exited with status 0 before main() returned, so there is no result")),
     ("invalid_utf8_stderr", dict(exit_code=1, stderr=b"bad \xff byte"),
      dict(status="program_error", exit_code=1, stderr="bad \ufffd byte")),
+    ("pids_limit_killed_the_sandbox", dict(pids_limited=True, exit_code=2),
+     dict(status="resource_limit_exceeded", exit_code=2, resource_limit_type=None, detail="pids_limit_exceeded",
+          stderr="Process limit exceeded: the program started more processes than the sandbox allows "
+                 "(SANDBOX_MAX_PIDS); the sandbox was stopped")),
+    ("pids_limit_met_by_a_program_that_went_on", dict(pids_limited=True, exit_code=1, reported=True,
+                                                      stderr=b"BlockingIOError: [Errno 11]\n"),
+     dict(status="program_error", exit_code=1, runtime_error_type="nonzero_exit", detail=None)),
 ]
 
 
@@ -187,4 +194,12 @@ def test_oversized_result_names_the_result_limit():
                     output_limit_bytes=1 << 20, result_limit_bytes=16 << 20)
     assert body["exit_code"] == -25 and body["resource_limit_type"] == "output"
     assert body["stderr"].startswith(f"Output limit exceeded: result passed {16 << 20} bytes")
+    assert body["stdout"] == "" and body["result"] is None
+
+
+@pytest.mark.parametrize("result_json", ["not json", "5", '{"present": true}', '{"present": true, "value": NaN, "type": "json"}'])
+def test_a_result_that_is_not_a_structured_json_result_is_an_internal_error(result_json):
+    """Our runner always sends one; anything else (a forged frame) is our failure, not a success."""
+    body = run(exit_code=0, returned=True, reported=True, result_json=result_json, stdout=b"out")
+    assert body["status"] == "program_runner_error" and body["exit_code"] == -3 and body["detail"] == "internal_error"
     assert body["stdout"] == "" and body["result"] is None

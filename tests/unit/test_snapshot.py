@@ -37,12 +37,16 @@ def host(tmp_path):
 
 
 class Inputs(KeyInputs):
-    """Key inputs a test can move (stands in for a rebuilt rootfs or a new runsc)."""
+    """Key inputs a test can move (stands in for a rebuilt rootfs or a new runsc) or make
+    unreadable (a rootfs or runsc binary that is gone for a while)."""
 
     def __init__(self):
         self.generation = 0
+        self.missing: str | None = None
 
     def key(self, profile, *, rehash=True):
+        if self.missing is not None:
+            raise FileNotFoundError(2, "No such file or directory", self.missing)
         return image_key({"profile": profile.key, "generation": self.generation})
 
 
@@ -105,6 +109,28 @@ async def test_moved_inputs_retire_the_image_after_its_last_lease(host, tmp_path
         held.release()  # idempotent
         assert not old.path.exists(), "the replaced image outlived its last lease"
         assert store.status()["retired_images"] == 0
+    finally:
+        await store.close()
+
+
+async def test_an_image_whose_inputs_were_gone_for_a_while_serves_again(host, tmp_path):
+    """The rootfs (or the runsc binary) is removed under the running service, then restored
+    unchanged: no lease while it is gone, the same image again once it is back."""
+    inputs = Inputs()
+    store = make_store(host, tmp_path, inputs=inputs)
+    store.start()
+    try:
+        image = await store.wait_ready("python", timeout=30)
+        inputs.missing = "/var/lib/gvisor-sandbox/rootfs/python/current/rootfs"
+        assert store.lease("python") is None
+        entry = store.status()["profiles"]["python"]
+        assert entry["state"] == "failed" and "No such file or directory" in entry["reason"]
+        inputs.missing = None
+        lease = store.lease("python")
+        assert lease is not None and lease.image is image
+        assert store.status()["profiles"]["python"]["state"] == "ready"
+        lease.release()
+        assert image.path.exists()
     finally:
         await store.close()
 

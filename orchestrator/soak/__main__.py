@@ -1,0 +1,5 @@
+import sys
+
+from orchestrator.soak.cli import main
+
+sys.exit(main())
