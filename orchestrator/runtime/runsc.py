@@ -96,31 +96,37 @@ class RunscRuntime:
                     stdin: int, stdout: int, stderr: int) -> asyncio.subprocess.Process:
         """``runsc run`` in the background; the returned process exits with the sandbox."""
         argv = runsc_argv.run_argv(self.config, sandbox_id, bundle, log_file)
-        log.debug("sandbox=%s argv=%s", sandbox_id, argv)
-        try:
-            return await asyncio.create_subprocess_exec(
-                *argv, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True)
-        except OSError as exc:
-            raise RunscError(f"start sandbox: {self._spawn_problem(exc)}", sandbox_id=sandbox_id) from exc
-
-    def _spawn_problem(self, exc: OSError) -> str:
-        """Why runsc could not be started, naming the binary when it is gone."""
-        binary = self.config.binary
-        if not os.access(binary, os.X_OK):
-            return f"the runsc binary {binary} is missing or not executable ({exc.strerror}): reinstall runsc or fix SANDBOX_RUNSC"
-        return str(exc)
+        return await self._spawn(argv, "start", sandbox_id, stdin=stdin, stdout=stdout, stderr=stderr)
 
     async def restore(self, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path, image_dir: pathlib.Path, *,
                       stdin: int, stdout: int, stderr: int) -> asyncio.subprocess.Process:
         """``runsc restore`` from ``image_dir`` in the background, with new stdio; the returned
         process exits with the restored sandbox.  Delete the container after that."""
         argv = runsc_argv.restore_argv(self.config, sandbox_id, bundle, image_dir, log_file)
+        return await self._spawn(argv, "restore", sandbox_id, stdin=stdin, stdout=stdout, stderr=stderr)
+
+    async def _spawn(self, argv: list[str], verb: str, sandbox_id: str, **stdio: int) -> asyncio.subprocess.Process:
         log.debug("sandbox=%s argv=%s", sandbox_id, argv)
+        binary = self.config.binary
+        if argv[0] != str(binary) and not os.access(binary, os.X_OK):
+            # Behind a wrapper (argv's module docstring) the exec would fail in the wrapper's
+            # shell, as an exit status and a line on the sandbox's stderr: say it here instead.
+            raise RunscError(f"{verb} sandbox: {self._missing(binary, 'No such file or directory')}",
+                             sandbox_id=sandbox_id)
         try:
-            return await asyncio.create_subprocess_exec(
-                *argv, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True)
+            return await asyncio.create_subprocess_exec(*argv, start_new_session=True, **stdio)
         except OSError as exc:
-            raise RunscError(f"restore sandbox: {self._spawn_problem(exc)}", sandbox_id=sandbox_id) from exc
+            raise RunscError(f"{verb} sandbox: {self._spawn_problem(exc)}", sandbox_id=sandbox_id) from exc
+
+    def _spawn_problem(self, exc: OSError) -> str:
+        """Why runsc could not be started, naming the binary when it is gone."""
+        if not os.access(self.config.binary, os.X_OK):
+            return self._missing(self.config.binary, exc.strerror)
+        return str(exc)
+
+    @staticmethod
+    def _missing(binary: pathlib.Path, why: str | None) -> str:
+        return f"the runsc binary {binary} is missing or not executable ({why}): reinstall runsc or fix SANDBOX_RUNSC"
 
     async def checkpoint(self, sandbox_id: str, image_dir: pathlib.Path, *, uncompressed: bool = True) -> None:
         """Save the running sandbox into ``image_dir`` (which must exist); the sandbox exits."""
