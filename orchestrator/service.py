@@ -5,7 +5,7 @@ cannot run sandboxes, instead of failing every request later.
 
 Network (``Service.network`` records what applies, for logs and ``doctor``): in ``none`` mode
 runsc gives each sandbox an empty netns of its own and nothing is set up here.  In ``egress``
-mode start-up puts the resolver's address on a dummy link, loads the firewall table (host
+mode start-up puts the resolver's address on a link of its own, loads the firewall table (host
 addresses read now, this service's port), turns IPv4 forwarding on (the old value is
 recorded, never restored), starts the resolver (``host.resolver``: dnsmasq) and boots one
 throwaway sandbox to learn whether this runsc needs the netns workaround (``runtime.argv``);

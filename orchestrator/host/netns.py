@@ -17,8 +17,10 @@ what ``firewall``'s table lets through.  Deleting the host end of the veth and t
 whole undo; the rules are static.
 
 The resolver (``host/resolver``): the last /30 of the subnet is never a sandbox's; its first
-address is put on a dummy link ``<prefix>dns`` in the root netns and dnsmasq listens there
-only.  Every sandbox reaches it through its default route (the host side of its veth), so one
+address is put on a link ``<prefix>dns`` in the root netns and dnsmasq listens there only.
+That link is one end of a veth pair whose other end (``<prefix>dnp``) stays in the root netns
+too: a ``dummy`` link would do, but kernels without the dummy driver exist (this test host's),
+and egress mode needs veth anyway.  Every sandbox reaches it through its default route (the host side of its veth), so one
 resolv.conf serves them all and their specs stay the same from sandbox to sandbox.
 
 Names.  ``prefix`` is ``gvs`` plus 4 hex digits of the service's state dir, so two services on
@@ -221,13 +223,15 @@ class SandboxNetworks:
     # -- the resolver's address ------------------------------------------------------------------
 
     def create_resolver_link(self) -> ipaddress.IPv4Address:
-        """A dummy link ``<prefix>dns``, up, holding ``resolver_address`` (a /32)."""
+        """The link ``<prefix>dns`` (and its veth peer), up, holding ``resolver_address`` (a /32)."""
         address = resolver_address(self.subnet)
         try:
             with IPRoute() as ipr:
-                ipr.link("add", ifname=self.resolver_link, kind="dummy")
+                ipr.link("add", ifname=self.resolver_link, kind="veth", peer={"ifname": f"{self.prefix}dnp"})
                 (index,) = ipr.link_lookup(ifname=self.resolver_link)
+                (peer,) = ipr.link_lookup(ifname=f"{self.prefix}dnp")
                 ipr.addr("add", index=index, address=str(address), prefixlen=32)
+                ipr.link("set", index=peer, state="up")
                 ipr.link("set", index=index, state="up")
         except (*_PYROUTE2_ERRORS, ValueError) as exc:
             self.remove_resolver_link()
@@ -235,7 +239,7 @@ class SandboxNetworks:
         return address
 
     def remove_resolver_link(self) -> bool:
-        """Delete the dummy link; False when it was not there."""
+        """Delete the link (its peer goes with it); False when it was not there."""
         try:
             with IPRoute() as ipr:
                 indexes = ipr.link_lookup(ifname=self.resolver_link)

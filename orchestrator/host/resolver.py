@@ -4,7 +4,7 @@ that starts, reads or stops it.
 What it does (``render_config`` is the whole policy, a pure function pinned by unit tests)::
 
     listens        udp+tcp 53 on one address only: ``netns.resolver_address`` (the first
-                   address of the last /30 of SANDBOX_EGRESS_SUBNET, on a dummy link of ours);
+                   address of the last /30 of SANDBOX_EGRESS_SUBNET, on a link of ours);
                    the firewall admits it from our veths (and lo) and nowhere else
     allowed names  forwarded to the upstream resolvers (SANDBOX_EGRESS_DNS, default the
                    host's /etc/resolv.conf); every IPv4 address in the answer goes into the
@@ -45,8 +45,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from orchestrator.errors import ConfigError, HostError
+from orchestrator.errors import ConfigError, HostError, RunscError
 from orchestrator.host.firewall import NameRule
+from orchestrator.runtime.runsc import run_command
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,27 @@ def parse_nftset_add(line: str) -> tuple[str, ipaddress.IPv4Address] | None:
     return (fields[7], address) if address.version == 4 else None
 
 
+def check_version(output: str) -> str:
+    """The version line of ``dnsmasq --version``; HostError unless it was built with nftset."""
+    lines = output.splitlines()
+    options = next((line for line in lines if line.startswith("Compile time options:")), "")
+    if "nftset" not in options.split() or "no-nftset" in options.split():
+        raise HostError(f"dnsmasq without nftset support ({options or 'no compile options shown'}); "
+                        "Debian's dnsmasq-base 2.87 or later has it")
+    return lines[0].split("  ")[0].strip() if lines else "dnsmasq"
+
+
+async def probe_dnsmasq(binary: pathlib.Path) -> str:
+    """``Dnsmasq version X`` of ``binary``; HostError when it is missing or lacks nftset."""
+    try:
+        code, out, err = await run_command([str(binary), "--version"])
+    except RunscError as exc:  # run_command's own failure: binary missing or hung
+        raise HostError(f"run {binary} --version: {exc} (apt-get install dnsmasq-base, or set SANDBOX_DNSMASQ)") from exc
+    if code != 0:
+        raise HostError(f"run {binary} --version: exited {code}: {err.strip()[-200:]}")
+    return check_version(out)
+
+
 # -- the process ------------------------------------------------------------------------------
 
 def _cmdline(pid: str, proc: pathlib.Path) -> list[str]:
@@ -288,6 +310,7 @@ class Resolver:
     async def start(self) -> None:
         """Write the config and the sandboxes' resolv.conf, start dnsmasq, and return once it
         listens (it logs ``started`` after binding); HostError if it does not."""
+        version = await probe_dnsmasq(self.binary)
         leftovers = await asyncio.to_thread(kill_processes, self.conf_path)
         if leftovers:
             log.warning("resolver: killed leftover dnsmasq %s", ", ".join(map(str, leftovers)))
@@ -321,9 +344,9 @@ class Resolver:
                 raise HostError(f"start dnsmasq: not started after {START_TIMEOUT_S:.0f} s: "
                                 f"{' / '.join(said[-3:]) or 'no output'}") from None
             raise
-        self._reader = asyncio.create_task(self._read(), name="dnsmasq-log")
-        log.info("resolver: dnsmasq pid %d on %s:53, upstream %s, %d allowed name(s), TTL %d s",
-                 self._process.pid, self.config.address, ", ".join(map(str, self.config.upstreams)),
+        self._reader = asyncio.create_task(self._read(self._process), name="dnsmasq-log")
+        log.info("resolver: %s, pid %d, on %s:53, upstream %s, %d allowed name(s), TTL %d s",
+                 version, self._process.pid, self.config.address, ", ".join(map(str, self.config.upstreams)),
                  len(self.config.names), self.config.ttl_s)
 
     def _line(self, raw: bytes) -> str:
@@ -342,13 +365,11 @@ class Resolver:
         log.log(logging.DEBUG if query else logging.INFO, "dnsmasq: %s", text)
         return text
 
-    async def _read(self) -> None:
-        assert self._process is not None and self._process.stderr is not None
-        while line := await self._process.stderr.readline():
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stderr is not None
+        while line := await process.stderr.readline():
             self._line(line)
-        if self._process.returncode is None:
-            await self._process.wait()
-        log.warning("resolver: dnsmasq exited %s", self._process.returncode)
+        log.warning("resolver: dnsmasq exited %s", await process.wait())
 
     async def stop(self) -> None:
         """Stop dnsmasq (SIGTERM, then SIGKILL); a no-op when it is not running."""

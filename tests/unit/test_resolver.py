@@ -249,3 +249,14 @@ def test_spec_binds_the_resolv_conf_read_only():
                           "source": "/run/gvs/resolver/resolv.conf", "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}
     validate_spec(spec("/run/gvs/resolver/resolv.conf"))
     assert all(m["destination"] != "/etc/resolv.conf" for m in spec(None)["mounts"])
+
+
+def test_dnsmasq_must_have_nftset():
+    built = ("Dnsmasq version 2.90  Copyright (c) 2000-2024 Simon Kelley\n"
+             "Compile time options: IPv6 GNU-getopt DBus no-UBus i18n IDN2 DHCP DHCPv6 no-Lua TFTP conntrack ipset nftset "
+             "auth cryptohash DNSSEC loop-detect inotify dumpfile\n")
+    assert resolver.check_version(built) == "Dnsmasq version 2.90"
+    with pytest.raises(HostError, match="without nftset support"):
+        resolver.check_version(built.replace(" nftset", " no-nftset"))
+    with pytest.raises(HostError, match="without nftset support"):
+        resolver.check_version("Dnsmasq version 2.80\nCompile time options: IPv6 ipset\n")
