@@ -26,7 +26,8 @@ whole SANDBOX_EGRESS_DNS_TTL: per-record timeouts would need dnsmasq to pass the
 DNS rebinding: a name may resolve to an address the firewall always denies (loopback,
 link-local, private, this host's own).  The address still goes into the set, but the deny
 rules come first, so it stays unreachable; the service logs a warning for each such answer
-(it reads dnsmasq's query log, ``log-queries``, from its stderr; the rest goes to DEBUG).
+(it reads dnsmasq's query log, ``log-queries``, from its stderr; what sounds like trouble
+goes to WARNING, the rest to DEBUG).
 
 Leftovers: dnsmasq drops its privileges, so it cannot be tied to the service's life
 (PR_SET_PDEATHSIG is cleared by setuid).  After a ``kill -9`` of the service it keeps running;
@@ -361,8 +362,8 @@ class Resolver:
                 log.warning("resolver: %s resolved to %s, %s: it stays blocked (DNS rebinding guard)",
                             name, address, reason)
                 return text
-        query = text.startswith(("query[", "forwarded ", "reply ", "config ", "cached ", "nftset ", "using "))
-        log.log(logging.DEBUG if query else logging.INFO, "dnsmasq: %s", text)
+        trouble = any(word in text.lower() for word in ("fail", "error", "bad ", "refused", "warning", "cannot"))
+        log.log(logging.WARNING if trouble else logging.DEBUG, "dnsmasq: %s", text)
         return text
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:

@@ -260,3 +260,15 @@ def test_dnsmasq_must_have_nftset():
         resolver.check_version(built.replace(" nftset", " no-nftset"))
     with pytest.raises(HostError, match="without nftset support"):
         resolver.check_version("Dnsmasq version 2.80\nCompile time options: IPv6 ipset\n")
+
+
+async def test_probe_dnsmasq_runs_the_configured_binary(tmp_path):
+    fake = tmp_path / "dnsmasq"
+    fake.write_text("#!/bin/sh\necho 'Dnsmasq version 2.90  Copyright'\necho 'Compile time options: IPv6 nftset'\n")
+    fake.chmod(0o755)
+    assert await resolver.probe_dnsmasq(fake) == "Dnsmasq version 2.90"
+    fake.write_text("#!/bin/sh\necho 'Dnsmasq version 2.85'\necho 'Compile time options: IPv6 ipset'\n")
+    with pytest.raises(HostError, match="without nftset support"):
+        await resolver.probe_dnsmasq(fake)
+    with pytest.raises(HostError, match=r"apt-get install dnsmasq-base, or set SANDBOX_DNSMASQ"):
+        await resolver.probe_dnsmasq(tmp_path / "missing")
