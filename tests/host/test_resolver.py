@@ -13,6 +13,8 @@ import pytest
 
 from orchestrator.errors import HostError
 from orchestrator.host import firewall, netns, resolver
+from orchestrator.runtime.fake import FakeRuntime
+from orchestrator.service import reap
 from tests.host.testnet import TestHost, UpstreamDns, dns_query, free_subnet, require_root, set_elements
 
 pytestmark = pytest.mark.host
@@ -126,3 +128,17 @@ async def test_a_failing_dnsmasq_is_a_host_error(dns, tmp_path):
         await taken.stop()
     with pytest.raises(HostError, match="apt-get install dnsmasq-base"):
         await resolver.Resolver(dns.config, tmp_path, binary=tmp_path / "no-dnsmasq").start()
+
+
+async def test_start_up_reaping_kills_a_leftover_resolver_and_removes_its_link(dns, tmp_path):
+    """What a kill -9 of the service leaves (a running dnsmasq, the link) goes at the next start."""
+    state = tmp_path / "state"
+    (state / "resolver").mkdir(parents=True)
+    leftover = resolver.Resolver(dns.config, state / "resolver")
+    await leftover.start()
+    pid, leftover._process = leftover.pid, None  # nobody stops it
+    reaped = await reap(FakeRuntime(), None, state, dns.networks, None)
+    assert f"dnsmasq {pid}" in reaped and f"link {dns.networks.resolver_link}" in reaped, reaped
+    assert resolver.find_processes(leftover.conf_path) == []
+    assert not os.path.exists(f"/sys/class/net/{dns.networks.resolver_link}")
+    assert await reap(FakeRuntime(), None, state, dns.networks, None) == []
