@@ -15,7 +15,9 @@ golden files can pin it.  What the process gets:
   directory, ``/tmp`` and ``/dev/shm`` as bounded tmpfs, the runner directory read-only;
 - private namespaces, its own cgroup with a memory limit (no swap on top) and a pids limit;
   in egress mode the network namespace is one the orchestrator prepared (``netns_path``, a
-  file under ``NETNS_DIR``), every other namespace is always new;
+  file under ``NETNS_DIR``), every other namespace is always new, and ``/etc/resolv.conf`` is
+  a read-only bind of the file naming the service's resolver (``resolv_conf_source``), not the
+  rootfs's;
 - optionally a seccomp profile (applied by runsc with ``--oci-seccomp``).
 """
 
@@ -30,6 +32,7 @@ NAMESPACES = ("pid", "ipc", "uts", "mount", "network")
 WORKSPACE = "/workspace"
 RUNNER_MOUNT = "/opt/sandbox/runner"
 OOM_SCORE_ADJ = 500  # raising needs no privilege; 0 is the service's and the host's default
+RESOLV_CONF = "/etc/resolv.conf"
 NETNS_DIR = "/var/run/netns"  # named network namespaces (iproute2's and pyroute2's convention)
 
 
@@ -52,6 +55,7 @@ class SpecParams:
     cpu_shares: int | None = None
     seccomp: Mapping | None = None
     netns_path: str | None = None  # join this network namespace (egress mode) instead of a new one
+    resolv_conf_source: str | None = None  # egress mode: the host file bound over /etc/resolv.conf
     annotations: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -71,6 +75,9 @@ def build_spec(params: SpecParams) -> dict:
     if params.runner_source is not None:
         mounts.append({"destination": RUNNER_MOUNT, "type": "bind", "source": params.runner_source,
                        "options": ["rbind", "ro", "nosuid", "nodev"]})
+    if params.resolv_conf_source is not None:
+        mounts.append({"destination": RESOLV_CONF, "type": "bind", "source": params.resolv_conf_source,
+                       "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
     resources: dict = {
         "memory": {"limit": params.memory_bytes, "swap": params.memory_bytes},
         "pids": {"limit": params.pids},

@@ -18,7 +18,7 @@ import jsonschema
 import referencing
 from referencing.jsonschema import DRAFT4
 
-from bundles.spec import ALL_CAPABILITY_SETS, NAMESPACES, NETNS_DIR, RUNNER_MOUNT, WORKSPACE
+from bundles.spec import ALL_CAPABILITY_SETS, NAMESPACES, NETNS_DIR, RESOLV_CONF, RUNNER_MOUNT, WORKSPACE
 
 SCHEMA_VERSION = "1.0.2"
 SCHEMA_DIR = pathlib.Path(__file__).resolve().parent / "schema" / f"runtime-spec-v{SCHEMA_VERSION}"
@@ -153,7 +153,7 @@ def check_mounts(spec: dict) -> list[str]:
         if mount.get("type") == "bind" or {"bind", "rbind"} & set(options):
             if destination == WORKSPACE:
                 continue
-            if destination != RUNNER_MOUNT:
+            if destination not in (RUNNER_MOUNT, RESOLV_CONF):
                 problems.append(f"unexpected bind mount at {destination}")
             if "ro" not in options:
                 problems.append(f"bind mount at {destination} is writable")

@@ -19,7 +19,9 @@ from orchestrator.errors import ServiceError
 from orchestrator.host.cgroups import Cgroups
 from orchestrator.host.placement import place
 from orchestrator.language import load_languages
+from orchestrator.host import resolver
 from orchestrator.host.firewall import NFT
+from orchestrator.host.netns import resolver_address
 from orchestrator.runtime.argv import needs_netns_workaround
 from orchestrator.runtime.runsc import probe_runsc, run_command
 from orchestrator.service import CGROUP_ROOT, resolve_rootfs
@@ -185,8 +187,16 @@ async def check_network(settings: Settings) -> Check:
         info = await probe_runsc(settings.runsc.binary)
     except ServiceError as exc:
         return Check("network", False, str(exc), "install runsc")
+    try:
+        dnsmasq = await resolver.probe_dnsmasq(settings.egress.dnsmasq)
+        upstreams = settings.egress.dns_upstreams or resolver.host_upstreams()
+    except ServiceError as exc:
+        return Check("network", False, f"egress mode needs dnsmasq for the sandboxes' resolver: {exc}",
+                     "apt-get install dnsmasq-base (the binary only; no system service), or set SANDBOX_DNSMASQ")
     guess = needs_netns_workaround(info.version)
-    return Check("network", True, f"egress via {settings.egress.subnet}, allowlist "
+    return Check("network", True, f"egress via {settings.egress.subnet}, resolver {dnsmasq} on "
+                                  f"{resolver_address(settings.egress.subnet)}:53 forwarding allowed names to "
+                                  f"{', '.join(map(str, upstreams))} (TTL {settings.egress.dns_ttl_s} s), allowlist "
                                   f"{', '.join(map(str, settings.egress.allow)) or 'empty'}; runsc {info.version} "
                                   f"{'needs' if guess else 'should not need'} the netns workaround (the service "
                                   "confirms with a probe sandbox at start-up)")

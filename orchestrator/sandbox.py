@@ -78,6 +78,7 @@ class SandboxHost:
     seccomp: dict | None = None  # the spec's linux.seccomp, enforced by runsc --oci-seccomp
     bounded_workspace: bool = True  # a size-limited tmpfs per workspace (needs root)
     network: object | None = None  # egress mode: host.netns.SandboxNetworks; None: runsc's own empty netns
+    resolv_conf: str | None = None  # egress mode: the file naming the resolver (host.resolver), bound read-only
 
 
 def preload_env(language: Language, preload: bool) -> dict[str, str]:
@@ -104,6 +105,7 @@ def sandbox_spec(language: Language, host: SandboxHost, rootfs_tree: pathlib.Pat
         gid=host.gid,
         seccomp=host.seccomp,
         netns_path=netns_path,
+        resolv_conf_source=host.resolv_conf,
         annotations={"dev.gvisor-sandbox.language": language.name},
     )
     spec = build_spec(params)

@@ -5,16 +5,20 @@ cannot run sandboxes, instead of failing every request later.
 
 Network (``Service.network`` records what applies, for logs and ``doctor``): in ``none`` mode
 runsc gives each sandbox an empty netns of its own and nothing is set up here.  In ``egress``
-mode start-up loads the firewall table (host addresses read now, this service's port), turns
-IPv4 forwarding on (the old value is recorded, never restored) and boots one throwaway sandbox
-to learn whether this runsc needs the netns workaround (``runtime.argv``); ``close`` removes
-the table.  Leftover namespaces, veths and the table of an earlier run are reaped in both modes.
+mode start-up puts the resolver's address on a link of its own, loads the firewall table (host
+addresses read now, this service's port), turns IPv4 forwarding on (the old value is
+recorded, never restored), starts the resolver (``host.resolver``: dnsmasq) and boots one
+throwaway sandbox to learn whether this runsc needs the netns workaround (``runtime.argv``);
+``close`` stops the resolver and removes the link and the table.  Leftover namespaces, veths,
+the link, the table and a dnsmasq of an earlier run are reaped in both modes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import pathlib
@@ -26,7 +30,7 @@ import psutil
 from bundles.spec import NETNS_DIR, OOM_SCORE_ADJ
 from orchestrator.errors import HostError, RunscError, SandboxError
 from orchestrator.executor import Executor
-from orchestrator.host import firewall, netns, workspace
+from orchestrator.host import firewall, netns, resolver, workspace
 from orchestrator.host.cgroups import CgroupLimits, Cgroups
 from orchestrator.host.placement import Placement, open_cgroups, place
 from orchestrator.language import Language, load_languages
@@ -60,6 +64,7 @@ class NetworkInfo:
     table: str | None = None              # our nftables table (inet)
     name_prefix: str | None = None        # of our netns and veths
     forwarding_before: str | None = None  # net.ipv4.ip_forward before start-up set it to 1
+    resolver: str | None = None           # "<address>:53 -> <upstreams>" (egress)
 
 
 @dataclass
@@ -74,9 +79,12 @@ class Service:
     metrics: Metrics
     network: NetworkInfo | None = None
     placement: Placement | None = None
+    resolver: resolver.Resolver | None = None
 
     async def close(self) -> None:
         await self.executor.close()
+        if self.resolver is not None:
+            await self.resolver.stop()
         if self.placement is not None and self.placement.is_delegated and self.cgroups is not None:
             # systemd trims the unit's cgroups it manages; this also covers the v1 hierarchies it does not.
             try:
@@ -88,6 +96,7 @@ class Service:
             leftovers = await asyncio.to_thread(networks.reap)
             if leftovers:
                 log.warning("removed at close: %s", ", ".join(leftovers))
+            await asyncio.to_thread(networks.remove_resolver_link)
         if self.network is not None and self.network.mode == "egress" and self.network.table:
             await firewall.delete_table(self.network.table)
 
@@ -197,6 +206,10 @@ def firewall_table(settings: Settings) -> str:
     return firewall.table_name(netns.instance_prefix(settings.state_dir))
 
 
+def resolver_dir(settings: Settings) -> pathlib.Path:
+    return settings.state_dir / "resolver"
+
+
 async def reap(runtime: RunscRuntime, cgroups: Cgroups | None, state_dir: pathlib.Path,
                networks: netns.SandboxNetworks | None = None, table: str | None = None) -> list[str]:
     """Remove what an earlier run of the service left: sandboxes, cgroups, sandbox dirs,
@@ -227,8 +240,12 @@ async def reap(runtime: RunscRuntime, cgroups: Cgroups | None, state_dir: pathli
     for sandbox_id in workspace.list_sandbox_dirs(state_dir):
         workspace.remove_sandbox_dirs(workspace.SandboxDirs(workspace.sandboxes_dir(state_dir) / sandbox_id))
         reaped.append(f"directory {sandbox_id}")
+    killed = await asyncio.to_thread(resolver.kill_processes, state_dir / "resolver" / resolver.CONF_NAME)
+    reaped += [f"dnsmasq {pid}" for pid in killed]
     if networks is not None:
         reaped += await asyncio.to_thread(networks.reap)
+        if await asyncio.to_thread(networks.remove_resolver_link):
+            reaped.append(f"link {networks.resolver_link}")
     if table is not None and shutil.which(firewall.NFT) and await firewall.delete_table(table):
         reaped.append(f"nftables table inet {table}")
     return reaped
@@ -256,23 +273,40 @@ async def reap_all(settings: Settings, cgroup_root: pathlib.Path = CGROUP_ROOT) 
     return removed
 
 
-async def prepare_egress(settings: Settings, networks: netns.SandboxNetworks) -> NetworkInfo:
-    """The host side of egress mode: a subnet nothing else routes, the table, forwarding."""
+async def prepare_egress(settings: Settings, networks: netns.SandboxNetworks, stack: contextlib.AsyncExitStack
+                         ) -> tuple[NetworkInfo, resolver.Resolver]:
+    """The host side of egress mode: a subnet nothing else routes, the resolver's address, the
+    table, forwarding, the resolver.  Each undo goes on ``stack``."""
     table = firewall_table(settings)
-    overlaps = await asyncio.to_thread(netns.overlapping_routes, settings.egress.subnet, networks.veth_prefix)
+    egress = settings.egress
+    overlaps = await asyncio.to_thread(netns.overlapping_routes, egress.subnet, networks.veth_prefix)
     if overlaps:
-        raise HostError(f"check SANDBOX_EGRESS_SUBNET {settings.egress.subnet}: overlaps routes of this host: "
+        raise HostError(f"check SANDBOX_EGRESS_SUBNET {egress.subnet}: overlaps routes of this host: "
                         f"{', '.join(overlaps)} (choose another range)")
+    upstreams = egress.dns_upstreams or await asyncio.to_thread(resolver.host_upstreams)
+    address = await asyncio.to_thread(networks.create_resolver_link)
+    stack.push_async_callback(asyncio.to_thread, networks.remove_resolver_link)
     config = firewall.FirewallConfig(
-        table=table, veth_prefix=networks.veth_prefix, subnet=settings.egress.subnet,
-        allow=settings.egress.allow, allow_private=settings.egress.allow_private,
-        host_addresses=await asyncio.to_thread(netns.host_addresses), service_port=settings.port)
+        table=table, veth_prefix=networks.veth_prefix, subnet=egress.subnet,
+        allow=egress.allow, allow_private=egress.allow_private,
+        host_addresses=await asyncio.to_thread(netns.host_addresses), service_port=settings.port,
+        resolver=address, dns_ttl_s=egress.dns_ttl_s)
     await firewall.apply_ruleset(firewall.render_ruleset(config), settings.state_dir / "nftables.nft")
+    stack.push_async_callback(firewall.delete_table, table)
+    before = firewall.enable_forwarding()
+    directory = resolver_dir(settings)
     try:
-        before = firewall.enable_forwarding()
-    except HostError:
-        await firewall.delete_table(table)
-        raise
+        directory.mkdir(mode=0o711, exist_ok=True)
+    except OSError as exc:
+        raise HostError(f"create resolver dir {directory}: {exc}") from exc
+    dns = resolver.Resolver(
+        resolver.ResolverConfig(table=table, address=address, upstreams=upstreams, names=config.name_rules,
+                                ttl_s=egress.dns_ttl_s, pid_file=directory / resolver.PID_NAME),
+        directory, binary=egress.dnsmasq,
+        deny_reason=functools.partial(firewall.deny_reason, subnet=egress.subnet, allow_private=egress.allow_private,
+                                      host_addresses=config.host_addresses, resolver=address))
+    await dns.start()
+    stack.push_async_callback(dns.stop)
     if before != "1":
         log.warning("egress: turned IPv4 forwarding on (net.ipv4.ip_forward was %s; it stays on)", before)
     log.info("egress: table inet %s, subnet %s, allowlist %s", table, settings.egress.subnet,
@@ -281,7 +315,8 @@ async def prepare_egress(settings: Settings, networks: netns.SandboxNetworks) ->
         log.warning("egress: SANDBOX_EGRESS_ALLOW_PRIVATE (test-only) opens %s to sandboxes",
                     ", ".join(map(str, config.allow_private)))
     return NetworkInfo(mode="egress", runsc_network=RUNSC_NETWORK["egress"], table=table,
-                       name_prefix=networks.prefix, forwarding_before=before)
+                       name_prefix=networks.prefix, forwarding_before=before,
+                       resolver=f"{address}:53 -> {', '.join(map(str, upstreams))}"), dns
 
 
 async def probe_netns_workaround(host: SandboxHost, config: RunscConfig, info: RunscInfo,
@@ -349,11 +384,12 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
                        boot_timeout_s=settings.boot_timeout_s, seccomp=seccomp)
     network = NetworkInfo(mode="none", runsc_network=RUNSC_NETWORK["none"],
                           probe="runsc gives each sandbox an empty netns of its own")
-    if settings.runsc.network == "egress":
-        network = await prepare_egress(settings, networks)
+    dns = None
+    undo = contextlib.AsyncExitStack()
     try:
         if settings.runsc.network == "egress":
-            host = dataclasses.replace(host, network=networks)
+            network, dns = await prepare_egress(settings, networks, undo)
+            host = dataclasses.replace(host, network=networks, resolv_conf=str(dns.resolv_conf_path))
             if isinstance(runtime, RunscRuntime) and info is not None:
                 workaround, how = await probe_netns_workaround(host, runtime.config, info, languages, rootfs)
                 runtime = RunscRuntime(dataclasses.replace(runtime.config, netns_workaround=workaround))
@@ -365,8 +401,7 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
         executor = Executor(settings, languages, rootfs, host, metrics=metrics)
         store = make_snapshot_store(settings, info, runtime, executor)
     except BaseException:
-        if network.table:  # egress: the table loaded above goes with the failed start
-            await firewall.delete_table(network.table)
+        await undo.aclose()  # egress: the resolver, the table and the link go with the failed start
         raise
     executor.snapshots = store
     executor.runsc_status = lambda: runsc_status(info, settings, store)
@@ -375,4 +410,5 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
     log.info("capacity: %s", ", ".join(f"{name} {entry['value']} ({entry['source']})"
                                        for name, entry in settings.capacity_status().items()))
     return Service(settings=settings, runsc=info, runtime=runtime, cgroups=cgroups, languages=languages,
-                   rootfs=rootfs, executor=executor, metrics=metrics, network=network, placement=placement)
+                   rootfs=rootfs, executor=executor, metrics=metrics, network=network, placement=placement,
+                   resolver=dns)

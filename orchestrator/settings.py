@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from orchestrator.errors import ConfigError
-from orchestrator.host import firewall
+from orchestrator.host import firewall, resolver
 from seccomp.profile import profile_names
 
 _SOURCE_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -171,10 +171,14 @@ class RunscSettings:
 class EgressSettings:
     """What sandboxes may reach when ``SANDBOX_CONTAINER_NETWORK=egress`` (orchestrator.host.firewall)."""
 
-    allow: tuple[firewall.EgressRule, ...] = ()  # SANDBOX_EGRESS_ALLOW; empty: nothing
+    allow: tuple[firewall.AllowRule, ...] = ()  # SANDBOX_EGRESS_ALLOW (CIDRs and names); empty: nothing
     # SANDBOX_EGRESS_ALLOW_PRIVATE: TEST-ONLY and dangerous, opens parts of the private ranges.
     allow_private: tuple[ipaddress.IPv4Network, ...] = ()
     subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.254.0.0/16")  # one /30 per sandbox
+    # SANDBOX_EGRESS_DNS: where the resolver forwards allowed names; empty: the host's resolv.conf
+    dns_upstreams: tuple[resolver.Upstream, ...] = ()
+    dns_ttl_s: int = 60  # SANDBOX_EGRESS_DNS_TTL: how long a resolved address stays open
+    dnsmasq: pathlib.Path = resolver.DNSMASQ  # SANDBOX_DNSMASQ
 
 
 @dataclass(frozen=True)
@@ -296,14 +300,8 @@ class Settings:
         if limits.memory_bytes < 16 * 1024**2:
             raise ConfigError("SANDBOX_MAX_MEMORY: must be at least 16m (an interpreter needs that much to start)")
 
-        runsc_binary = get("SANDBOX_RUNSC")
-        if runsc_binary is None:
-            found = shutil.which("runsc")
-            binary = pathlib.Path(found) if found else default.runsc.binary
-        else:
-            binary = parse_path("SANDBOX_RUNSC", runsc_binary)
         runsc = RunscSettings(
-            binary=binary,
+            binary=_which("SANDBOX_RUNSC", get("SANDBOX_RUNSC"), "runsc", default.runsc.binary),
             platform=read("SANDBOX_RUNSC_PLATFORM", lambda n, v: parse_choice(n, v, ("ptrace", "kvm", "systrap")),
                           default.runsc.platform),
             network=read("SANDBOX_CONTAINER_NETWORK", lambda n, v: parse_choice(n, v, ("none", "egress")),
@@ -318,6 +316,9 @@ class Settings:
             allow_private=read("SANDBOX_EGRESS_ALLOW_PRIVATE", firewall.parse_allow_private,
                                default.egress.allow_private),
             subnet=read("SANDBOX_EGRESS_SUBNET", firewall.parse_egress_subnet, default.egress.subnet),
+            dns_upstreams=read("SANDBOX_EGRESS_DNS", resolver.parse_upstreams, default.egress.dns_upstreams),
+            dns_ttl_s=read("SANDBOX_EGRESS_DNS_TTL", _parse_dns_ttl, default.egress.dns_ttl_s),
+            dnsmasq=_which("SANDBOX_DNSMASQ", get("SANDBOX_DNSMASQ"), "dnsmasq", default.egress.dnsmasq),
         )
         firewall.check_egress(egress.allow, egress.allow_private, egress.subnet)
 
@@ -416,6 +417,22 @@ class Settings:
     def pool_size_for(self, profile_key: str) -> int:
         """Size of a pool profile (``python``, ``python_preload``): its own variable or the default."""
         return self.pool_sizes.get(profile_key, self.pool_size)
+
+
+def _which(name: str, value: str | None, program: str, fallback: pathlib.Path) -> pathlib.Path:
+    """A binary: the variable's absolute path, else ``program`` on PATH, else ``fallback``."""
+    if value is not None:
+        return parse_path(name, value)
+    found = shutil.which(program)
+    return pathlib.Path(found) if found else fallback
+
+
+def _parse_dns_ttl(name: str, value: str) -> int:
+    """Whole seconds, 1 s to 1 h (dnsmasq caps its ``min-cache-ttl`` at an hour)."""
+    seconds = parse_duration(name, value)
+    if seconds != int(seconds) or not 1 <= seconds <= 3600:
+        raise ConfigError(f"{name}: {value!r} must be whole seconds from 1s to 1h")
+    return int(seconds)
 
 
 def _parse_agent_port(name: str, value: str) -> int | None:

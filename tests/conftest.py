@@ -90,8 +90,8 @@ def _is_other_session(text: str, basetemp: pathlib.Path) -> bool:
 
 
 def _host_footprint(basetemp: pathlib.Path) -> set[str]:
-    """What sandboxes can leave on the host: runsc processes, sandbox cgroups, our netns,
-    veths and nftables tables (only what looks like ours: ``gvs`` / ``gvisor``-prefixed; not
+    """What sandboxes can leave on the host: runsc and dnsmasq processes, sandbox cgroups, our
+    netns, links and nftables tables (only what looks like ours: ``gvs`` / ``gvisor``-prefixed; not
     what another pytest session on this host has running)."""
     found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -105,6 +105,10 @@ def _host_footprint(basetemp: pathlib.Path) -> set[str]:
         ours = roots and (roots[0].startswith(str(basetemp) + "/")
                           or roots[0].startswith(tempfile.gettempdir() + "/gvisor-sandbox-doctor-"))
         if cmdline and cmdline[0].endswith(b"runsc") and ours:
+            found.add(f"process {pid} {b' '.join(cmdline)[:100].decode(errors='replace')}")
+        # the egress resolver of a test's service (its config lives in the test's state dir)
+        if cmdline and cmdline[0].endswith(b"dnsmasq") and any(
+                arg.startswith(f"--conf-file={basetemp}/".encode()) for arg in cmdline):
             found.add(f"process {pid} {b' '.join(cmdline)[:100].decode(errors='replace')}")
     cgroup_root = pathlib.Path("/sys/fs/cgroup")
     for hierarchy in cgroup_root.iterdir() if cgroup_root.is_dir() else []:

@@ -18,17 +18,30 @@ work only and the table is written once at start-up::
                    the egress subnet          drop     (no sandbox reaches another)
                    the host's own addresses   drop
                    private ranges             drop     unless opened by SANDBOX_EGRESS_ALLOW_PRIVATE
-                   the allowlist              accept   (SANDBOX_EGRESS_ALLOW)
+                   the allowlist's CIDRs      accept   (SANDBOX_EGRESS_ALLOW)
+                   the allowlist's names      accept   (addresses in a set @dns4_<ports>, added
+                                                        by the resolver, see below)
                    anything else              drop
                  to our veths: established/related accept, anything else drop (no inbound)
-    input        from our veths: the service's port drop, then everything drop: a sandbox
-                 never talks to the host itself (its gateway address included)
+    input        from our veths: the service's port drop, the resolver (udp/tcp 53 on its one
+                 address) accept, then everything drop: a sandbox never talks to the host
+                 itself otherwise (its gateway address included); the resolver's address
+                 from anywhere but our veths and lo: drop
     postrouting  source in the subnet, leaving by a device that is not ours -> masquerade
 
 The deny rules come before the allowlist, so no allowlist entry can open them; entries that lie
 wholly inside them are rejected when the settings are read.  IPv6: sandboxes get IPv4 only
 (runsc before 2024 copies only IPv4 addresses), so every IPv6 packet from them is dropped; the
 IPv6 deny sets are there so that stays true if that ever changes.
+
+Names (``host/resolver``): an allowlist entry may be a DNS name (``api.example.com``, that
+name only) or a wildcard (``*.example.com``: every name below it, not the name itself), with
+the same optional ports.  Each distinct port constraint of name entries gets one set
+``dns4_any`` / ``dns4_<low>_<high>`` (``flags timeout``, the element timeout is
+``SANDBOX_EGRESS_DNS_TTL`` plus ``DNS_GRACE_S``); dnsmasq adds every IPv4 address an allowed
+name resolves to into the sets of that name (its ``nftset=`` option) and nothing else writes
+them.  The set rules sit where the CIDR allow rules sit, after every deny rule: a name that
+resolves to a denied address (DNS rebinding) opens nothing.
 
 Forwarding: egress needs ``net.ipv4.ip_forward=1``.  ``enable_forwarding`` sets it and returns
 the value it found, which the service records and logs.  The service does not turn it back off
@@ -41,6 +54,7 @@ import ipaddress
 import logging
 import os
 import pathlib
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -103,15 +117,60 @@ class EgressRule:
         return f"{self.network}:{low}" if low == high else f"{self.network}:{low}-{high}"
 
 
+def _ports_text(ports: tuple[int, int]) -> str:
+    low, high = ports
+    return str(low) if low == high else f"{low}-{high}"
+
+
+@dataclass(frozen=True)
+class NameRule:
+    """One allowlist entry by name: ``api.example.com`` (that name only) or ``*.example.com``
+    (every name below example.com, not example.com itself), optionally a port range."""
+
+    name: str                  # lower case, no trailing dot; a wildcard starts with "*."
+    ports: tuple[int, int] | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.name.startswith("*.")
+
+    @property
+    def domain(self) -> str:
+        """The name without its ``*.``."""
+        return self.name[2:] if self.is_wildcard else self.name
+
+    @property
+    def set_name(self) -> str:
+        """The nft set the addresses of this entry's names go to (one per port constraint)."""
+        return dns_set_name(self.ports)
+
+    def __str__(self) -> str:
+        return self.name if self.ports is None else f"{self.name}:{_ports_text(self.ports)}"
+
+
+AllowRule = EgressRule | NameRule
+DNS_GRACE_S = 2  # element timeout beyond the TTL handed to sandboxes (dnsmasq counts whole seconds)
+
+
+def dns_set_name(ports: tuple[int, int] | None) -> str:
+    return "dns4_any" if ports is None else f"dns4_{ports[0]}_{ports[1]}"
+
+
 @dataclass(frozen=True)
 class FirewallConfig:
     table: str                 # nft table name (family inet)
     veth_prefix: str           # every host-side veth of ours starts with this
     subnet: IPv4Net            # SANDBOX_EGRESS_SUBNET
-    allow: tuple[EgressRule, ...] = ()
+    allow: tuple[AllowRule, ...] = ()
     allow_private: tuple[IPv4Net, ...] = ()
     host_addresses: tuple[IPAddress, ...] = ()
     service_port: int | None = None
+    resolver: ipaddress.IPv4Address | None = None  # the sandboxes' resolver (host/resolver)
+    dns_ttl_s: int = 60        # SANDBOX_EGRESS_DNS_TTL: how long a resolved address stays open
+
+    @property
+    def name_rules(self) -> tuple[NameRule, ...]:
+        return tuple(rule for rule in self.allow if isinstance(rule, NameRule))
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -142,25 +201,59 @@ def _denied_by(network: IPv4Net, ranges: Iterable[IPv4Net]) -> IPv4Net | None:
     return next((denied for denied in ranges if network.subnet_of(denied)), None)
 
 
-def parse_egress_allow(name: str, value: str) -> tuple[EgressRule, ...]:
-    """``CIDR``, ``CIDR:port`` or ``CIDR:low-high``, comma-separated (a bare address is a /32).
-    An entry wholly inside the fixed deny set is an error: it could never be reached."""
-    rules = []
+_LABEL_RE = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+def _is_name(text: str) -> bool:
+    """A DNS name rather than an address or CIDR: it has a letter, a ``*`` or an ``_``
+    outside a last label of digits (``10.0.0.300`` stays an address, and an error)."""
+    return "/" not in text and (text.startswith("*") or not text.rsplit(".", 1)[-1].isdigit())
+
+
+def _dns_name(name: str, entry: str, text: str) -> str:
+    """``api.example.com`` or ``*.example.com``, lower-cased; at least two labels after the ``*.``."""
+    name_text = text.lower().rstrip(".")
+    rest = name_text[2:] if name_text.startswith("*.") else name_text
+    labels = rest.split(".")
+    if "*" in rest:
+        raise ConfigError(f"{name}: {entry!r}: a wildcard is only allowed as a leading '*.' (e.g. *.example.com)")
+    if len(rest) > 253 or not all(_LABEL_RE.match(label) for label in labels):
+        raise ConfigError(f"{name}: {entry!r} is not a CIDR, an address or a DNS name "
+                          "(labels of letters, digits, '-' and '_', up to 63 characters each)")
+    if len(labels) < 2 or labels[-1].isdigit():
+        raise ConfigError(f"{name}: {entry!r}: a name needs at least two labels and a top-level label "
+                          "that is not a number (e.g. api.example.com, *.example.com)")
+    return name_text
+
+
+def _port_range(name: str, entry: str, ports: str) -> tuple[int, int]:
+    low, dash, high = ports.partition("-")
+    port_range = (_port(name, entry, low), _port(name, entry, high) if dash else _port(name, entry, low))
+    if port_range[0] > port_range[1]:
+        raise ConfigError(f"{name}: {entry!r}: port range {ports} is reversed")
+    return port_range
+
+
+def parse_egress_allow(name: str, value: str) -> tuple[AllowRule, ...]:
+    """Comma-separated entries, each ``CIDR`` (a bare address is a /32), ``api.example.com`` or
+    ``*.example.com``, with an optional ``:port`` or ``:low-high``.  A CIDR wholly inside the
+    fixed deny set is an error: it could never be reached.  Duplicates are dropped."""
+    rules: list[AllowRule] = []
     for entry in _entries(value):
-        address, colon, ports = entry.partition(":")
-        if colon and (address.startswith("[") or ":" in ports):
+        host, colon, ports = entry.partition(":")
+        if colon and (host.startswith("[") or ":" in ports):
             raise ConfigError(f"{name}: {entry!r}: IPv6 destinations are not supported (sandboxes have IPv4 only)")
-        network = _network(name, address)
-        port_range = None
-        if colon:
-            low, dash, high = ports.partition("-")
-            port_range = (_port(name, entry, low), _port(name, entry, high) if dash else _port(name, entry, low))
-            if port_range[0] > port_range[1]:
-                raise ConfigError(f"{name}: {entry!r}: port range {ports} is reversed")
-        denied = _denied_by(network, DENY_FIXED4)
-        if denied is not None:
-            raise ConfigError(f"{name}: {entry!r} lies in {denied}, which is always denied")
-        rules.append(EgressRule(network, port_range))
+        port_range = _port_range(name, entry, ports) if colon else None
+        if _is_name(host):
+            rule: AllowRule = NameRule(_dns_name(name, entry, host), port_range)
+        else:
+            network = _network(name, host)
+            denied = _denied_by(network, DENY_FIXED4)
+            if denied is not None:
+                raise ConfigError(f"{name}: {entry!r} lies in {denied}, which is always denied")
+            rule = EgressRule(network, port_range)
+        if rule not in rules:
+            rules.append(rule)
     return tuple(rules)
 
 
@@ -188,18 +281,37 @@ def parse_egress_subnet(name: str, value: str) -> IPv4Net:
     return network
 
 
-def check_egress(allow: tuple[EgressRule, ...], allow_private: tuple[IPv4Net, ...], subnet: IPv4Net) -> None:
+def check_egress(allow: tuple[AllowRule, ...], allow_private: tuple[IPv4Net, ...], subnet: IPv4Net) -> None:
     """Cross-checks of the three egress variables; ConfigError names the variable."""
     for network in allow_private:
         if network.overlaps(subnet):
             raise ConfigError(f"SANDBOX_EGRESS_ALLOW_PRIVATE: {network} overlaps SANDBOX_EGRESS_SUBNET {subnet}")
     for rule in allow:
+        if isinstance(rule, NameRule):  # what a name resolves to is checked by the rules, per packet
+            continue
         private = _denied_by(rule.network, DENY_PRIVATE4)
         if private is not None and _denied_by(rule.network, allow_private) is None:
             raise ConfigError(f"SANDBOX_EGRESS_ALLOW: {rule} lies in the private range {private}, which stays "
                               "denied (SANDBOX_EGRESS_ALLOW_PRIVATE, test-only, can open parts of it)")
         if rule.network.subnet_of(subnet):
             raise ConfigError(f"SANDBOX_EGRESS_ALLOW: {rule} lies in SANDBOX_EGRESS_SUBNET {subnet}")
+
+
+def deny_reason(address: ipaddress.IPv4Address, *, subnet: IPv4Net, allow_private: Iterable[IPv4Net] = (),
+                host_addresses: Iterable[IPAddress] = (), resolver: ipaddress.IPv4Address | None = None) -> str | None:
+    """Why the forward chain drops packets to ``address`` whatever the allowlist says, or None
+    (the resolver logs a name that resolves to such an address: DNS rebinding)."""
+    if address in set(host_addresses) or address == resolver:
+        return "an address of this host"
+    for network in DENY_FIXED4:
+        if address in network:
+            return f"the fixed deny set ({network})"
+    if address in subnet:
+        return f"the sandboxes' subnet ({subnet})"
+    for network in DENY_PRIVATE4:
+        if address in network and not any(address in opened for opened in allow_private):
+            return f"a private range ({network})"
+    return None
 
 
 # -- the ruleset ----------------------------------------------------------------------------
@@ -219,12 +331,21 @@ def _collapse(networks: Iterable) -> list:
     return list(ipaddress.collapse_addresses(sorted(networks)))
 
 
-def _allow_rule(rule: EgressRule) -> str:
-    if rule.ports is None:
-        return f"\t\tip daddr {rule.network} accept"
-    low, high = rule.ports
-    ports = str(low) if low == high else f"{low}-{high}"
-    return f"\t\tip daddr {rule.network} meta l4proto {{ tcp, udp }} th dport {ports} accept"
+def _accept(daddr: str, ports: tuple[int, int] | None, comment: str = "") -> str:
+    note = f' comment "{comment}"' if comment else ""
+    if ports is None:
+        return f"\t\tip daddr {daddr} accept{note}"
+    return f"\t\tip daddr {daddr} meta l4proto {{ tcp, udp }} th dport {_ports_text(ports)} accept{note}"
+
+
+def _dns_ports(config: FirewallConfig) -> list[tuple[int, int] | None]:
+    """The distinct port constraints of the name entries (None first: any port)."""
+    return sorted({rule.ports for rule in config.name_rules}, key=lambda ports: (ports is not None, ports or (0, 0)))
+
+
+def _dns_set(ports: tuple[int, int] | None, timeout_s: int) -> list[str]:
+    return [f"\tset {dns_set_name(ports)} {{", "\t\ttype ipv4_addr", "\t\tflags timeout",
+            f"\t\ttimeout {timeout_s}s", "\t}"]
 
 
 def render_ruleset(config: FirewallConfig) -> str:
@@ -244,6 +365,7 @@ def render_ruleset(config: FirewallConfig) -> str:
         *_set("host4", "ipv4_addr", host4, interval=False),
         *_set("deny_fixed6", "ipv6_addr", DENY_FIXED6, interval=True),
         *_set("host6", "ipv6_addr", host6, interval=False),
+        *(line for ports in _dns_ports(config) for line in _dns_set(ports, config.dns_ttl_s + DNS_GRACE_S)),
         "\tchain forward {",
         "\t\ttype filter hook forward priority filter; policy accept;",
         f"\t\tiifname {ours} jump egress",
@@ -263,7 +385,8 @@ def render_ruleset(config: FirewallConfig) -> str:
         "\t\tip6 daddr @deny_fixed6 counter drop",
         "\t\tip6 daddr @host6 counter drop",
         "\t\tmeta nfproto ipv6 counter drop comment \"sandboxes have IPv4 only\"",
-        *(_allow_rule(rule) for rule in config.allow),
+        *(_accept(str(rule.network), rule.ports) for rule in config.allow if isinstance(rule, EgressRule)),
+        *(_accept(f"@{dns_set_name(ports)}", ports, "resolved from allowed names") for ports in _dns_ports(config)),
         "\t\tcounter drop comment \"not in SANDBOX_EGRESS_ALLOW\"",
         "\t}",
         "\tchain input {",
@@ -271,6 +394,13 @@ def render_ruleset(config: FirewallConfig) -> str:
     ]
     if config.service_port is not None:
         lines.append(f"\t\tiifname {ours} tcp dport {config.service_port} counter drop comment \"this service's port\"")
+    if config.resolver is not None:
+        lines += [
+            f"\t\tiifname {ours} ip daddr {config.resolver} meta l4proto {{ tcp, udp }} th dport 53 accept "
+            "comment \"the sandboxes' resolver\"",
+            f"\t\tiifname != {ours} iifname != \"lo\" ip daddr {config.resolver} counter drop "
+            "comment \"the resolver serves sandboxes only\"",
+        ]
     lines += [
         f"\t\tiifname {ours} counter drop comment \"sandboxes never reach the host itself\"",
         "\t}",

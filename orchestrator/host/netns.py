@@ -16,6 +16,13 @@ takes eth0's address and routes into gVisor's network stack; the host forwards a
 what ``firewall``'s table lets through.  Deleting the host end of the veth and the netns is the
 whole undo; the rules are static.
 
+The resolver (``host/resolver``): the last /30 of the subnet is never a sandbox's; its first
+address is put on a link ``<prefix>dns`` in the root netns and dnsmasq listens there only.
+That link is one end of a veth pair whose other end (``<prefix>dnp``) stays in the root netns
+too: a ``dummy`` link would do, but kernels without the dummy driver exist (this test host's),
+and egress mode needs veth anyway.  Every sandbox reaches it through its default route (the host side of its veth), so one
+resolv.conf serves them all and their specs stay the same from sandbox to sandbox.
+
 Names.  ``prefix`` is ``gvs`` plus 4 hex digits of the service's state dir, so two services on
 one host (a test's and the real one) never reap each other's namespaces, veths or tables.
 
@@ -76,6 +83,12 @@ def slot_addresses(subnet: ipaddress.IPv4Network, slot: int) -> tuple[ipaddress.
             ipaddress.IPv4Interface(f"{base + 2}/{SLOT_PREFIXLEN}"))
 
 
+def resolver_address(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """Where the sandboxes' resolver listens: the first address of the subnet's last /30
+    (a slot no sandbox gets)."""
+    return slot_addresses(subnet, slot_count(subnet) - 1)[0].ip
+
+
 def pick_slot(used: Collection[int], count: int, start: int) -> int | None:
     """The first slot from ``start`` on (wrapping around) that is not in ``used``."""
     for offset in range(count):
@@ -105,6 +118,11 @@ class SandboxNetworks:
         self.prefix = prefix
         self.subnet = subnet
         self.netns_dir = netns_dir
+
+    @property
+    def resolver_link(self) -> str:
+        """The dummy link holding the resolver's address."""
+        return f"{self.prefix}dns"
 
     @property
     def veth_prefix(self) -> str:
@@ -155,7 +173,7 @@ class SandboxNetworks:
 
     def _claim_slot(self, ipr: IPRoute, path: pathlib.Path) -> tuple[int, str, int]:
         """Create the veth pair named after a free slot; the kernel's EEXIST settles races."""
-        count = slot_count(self.subnet)
+        count = slot_count(self.subnet) - 1  # the last one is the resolver's
         used = {slot for link in ipr.get_links()
                 if (slot := self._slot_of(link.get_attr("IFLA_IFNAME") or "")) is not None}
         start = random.randrange(count)
@@ -201,6 +219,39 @@ class SandboxNetworks:
             if strict:
                 raise HostError(message)
             log.warning("%s", message)
+
+    # -- the resolver's address ------------------------------------------------------------------
+
+    def create_resolver_link(self) -> ipaddress.IPv4Address:
+        """The link ``<prefix>dns`` (and its veth peer), up, holding ``resolver_address`` (a /32)."""
+        address = resolver_address(self.subnet)
+        try:
+            with IPRoute() as ipr:
+                ipr.link("add", ifname=self.resolver_link, kind="veth", peer={"ifname": f"{self.prefix}dnp"})
+                (index,) = ipr.link_lookup(ifname=self.resolver_link)
+                (peer,) = ipr.link_lookup(ifname=f"{self.prefix}dnp")
+                ipr.addr("add", index=index, address=str(address), prefixlen=32)
+                ipr.link("set", index=peer, state="up")
+                ipr.link("set", index=index, state="up")
+        except (*_PYROUTE2_ERRORS, ValueError) as exc:
+            self.remove_resolver_link()
+            raise HostError(f"create resolver link {self.resolver_link} ({address}): {exc}") from exc
+        return address
+
+    def remove_resolver_link(self) -> bool:
+        """Delete the link (its peer goes with it); False when it was not there."""
+        try:
+            with IPRoute() as ipr:
+                indexes = ipr.link_lookup(ifname=self.resolver_link)
+                for index in indexes:
+                    ipr.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return False
+            raise HostError(f"remove resolver link {self.resolver_link}: {exc}") from exc
+        except (OSError, RuntimeError) as exc:
+            raise HostError(f"remove resolver link {self.resolver_link}: {exc}") from exc
+        return bool(indexes)
 
     # -- the whole instance -------------------------------------------------------------------
 

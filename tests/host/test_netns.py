@@ -120,16 +120,19 @@ def test_concurrent_creates_get_distinct_slots(networks):
 
 
 def test_full_subnet_refuses_cleanly_and_frees_slots_on_remove():
-    networks = SandboxNetworks(f"gvt{os.urandom(2).hex()}", free_subnet(29, SANDBOX_RANGE))  # two /30s
-    first, second = networks.create("sb-a"), networks.create("sb-b")
+    # four /30s: three for sandboxes, the last one the resolver's
+    networks = SandboxNetworks(f"gvt{os.urandom(2).hex()}", free_subnet(28, SANDBOX_RANGE))
+    first, second, third = networks.create("sb-a"), networks.create("sb-b"), networks.create("sb-c")
     try:
-        assert {first.slot, second.slot} == {0, 1}
+        assert {first.slot, second.slot, third.slot} == {0, 1, 2}
         with pytest.raises(HostError, match=r"no free /30 left in SANDBOX_EGRESS_SUBNET"):
-            networks.create("sb-c")
-        assert networks.list_netns() == sorted([first.netns, second.netns])  # the failed one left nothing
+            networks.create("sb-d")
+        assert networks.list_netns() == sorted([first.netns, second.netns, third.netns])  # the failed one left nothing
         networks.remove(first)
-        third = networks.create("sb-c")
-        assert third.slot == first.slot and third.sandbox_address == first.sandbox_address
+        fourth = networks.create("sb-d")
+        assert fourth.slot == first.slot and fourth.sandbox_address == first.sandbox_address
+        networks.remove(fourth)
+        networks.remove(second)
         networks.remove(third)
     finally:
         networks.reap()

@@ -5,15 +5,19 @@ A ``TestHost`` is a network namespace (``gvx-<hex>``) joined to the root netns b
 host, assigned here), ``.2`` inside.  The namespace has no default route, so nothing in it can
 reach anything but the host.  It serves HTTP on ports of the test's choosing and records every
 request it gets.  ``HostListener`` is a TCP listener on a host address (standing in for this
-service's port) that records connections.
+service's port) that records connections.  ``UpstreamDns`` is a dnsmasq of the test's own in a
+test host, answering for names the test chooses.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import random
 import socket
+import struct
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -192,3 +196,77 @@ def read_forwarding() -> str:
 def write_forwarding(value: str) -> None:
     with open("/proc/sys/net/ipv4/ip_forward", "w") as handle:
         handle.write(value + "\n")
+
+
+# -- DNS ----------------------------------------------------------------------------------------
+
+class UpstreamDns:
+    """A dnsmasq of the test's own inside a ``TestHost``'s netns, on its address, port 53:
+    authoritative for ``records`` (name -> IPv4 address) with a TTL of ``ttl`` seconds, and
+    NXDOMAIN for everything else (it has no upstream)."""
+
+    def __init__(self, host: TestHost, records: dict[str, str], ttl: int = 1, dnsmasq: str = "dnsmasq"):
+        self.host = host
+        self.log: list[str] = []
+        argv = ["ip", "netns", "exec", host.netns, dnsmasq, "--keep-in-foreground", "--log-facility=-",
+                "--log-queries", "--no-resolv", "--no-hosts", "--no-poll", "--bind-interfaces",
+                f"--listen-address={host.address}", "--port=53", f"--local-ttl={ttl}", "--user=root",
+                "--pid-file=", "--address=/#/",
+                *(f"--host-record={name},{address}" for name, address in sorted(records.items()))]
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)
+        assert self.process.stderr is not None
+        for line in self.process.stderr:  # it logs "started" once it listens
+            self.log.append(line.rstrip())
+            if "started, version" in line:
+                break
+        else:
+            raise AssertionError(f"upstream dnsmasq did not start: {self.log}")
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.process.stderr:
+            self.log.append(line.rstrip())
+
+    def queried(self, name: str) -> int:
+        return sum(f"query[A] {name} " in line for line in self.log)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def dns_query(server: str, name: str, *, timeout: float = 2.0) -> tuple[int, list[tuple[str, int]]]:
+    """One A query over UDP from the root netns: (rcode, [(address, ttl)])."""
+    ident = random.randrange(65536)
+    question = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+    packet = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(packet, (server, 53))
+        data = sock.recv(4096)
+    flags, _, answers = struct.unpack(">HHH", data[2:8])
+    offset = 12 + len(question) + 4
+    found = []
+    for _ in range(answers):
+        offset += 2 if data[offset] & 0xC0 else data.index(b"\0", offset) + 1 - offset
+        kind, _, ttl, length = struct.unpack(">HHIH", data[offset:offset + 10])
+        offset += 10
+        if kind == 1:
+            found.append((socket.inet_ntoa(data[offset:offset + 4]), ttl))
+        offset += length
+    return flags & 0xF, found
+
+
+def set_elements(table: str, name: str) -> dict[str, float]:
+    """The addresses in nft set ``inet table name`` and the seconds each has left."""
+    listed = subprocess.run(["nft", "-j", "list", "set", "inet", table, name], capture_output=True, text=True,
+                            check=True)
+    found = {}
+    for item in json.loads(listed.stdout)["nftables"]:
+        for element in item.get("set", {}).get("elem", []):
+            if isinstance(element, dict):
+                found[element["elem"]["val"]] = element["elem"].get("expires", 0)
+            else:
+                found[element] = 0
+    return found

@@ -24,7 +24,8 @@ from rootfs_builder.mmdebstrap import read_pip_access
 HERE = pathlib.Path(__file__).resolve().parent
 INSTALL_DIR = "/opt/gvisor-sandbox"
 SUITE = "bookworm"
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "make", "procps", "iproute2", "nftables")
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "make", "procps", "iproute2", "nftables",
+            "dnsmasq-base")  # egress mode: the sandboxes' resolver (the binary only, no system service)
 # Units that would change host-wide settings from a container holding every capability but
 # one, or only add noise.
 MASKED = ("systemd-sysctl.service", "systemd-modules-load.service", "systemd-binfmt.service",

@@ -207,6 +207,7 @@ def test_egress_mode_under_the_hardening(machine):
     assert "gvisor_sandbox_" in machine.sh("nft list tables")
     log = "\n".join(machine.journal(invocation=invocation(machine)))
     assert "egress: runsc --network=sandbox" in log, log
+    assert "resolver: Dnsmasq version" in log, log  # the sandboxes' resolver ran under the unit too
 
 
 def test_stop_drains_a_run_in_flight_and_leaves_nothing(machine):

@@ -216,7 +216,12 @@ def test_allowlist_forms():
 @pytest.mark.parametrize(("value", "message"), [
     ("1.2.3.4/33", r"'1.2.3.4/33' is not an IPv4 address or CIDR"),
     ("1.2.3.4/24", r"'1.2.3.4/24' is not an IPv4 address or CIDR \(.*host bits set"),
-    ("example.com", r"'example.com' is not an IPv4 address or CIDR"),
+    ("1.2.3.300", r"'1.2.3.300' is not an IPv4 address or CIDR"),
+    ("example", r"'example': a name needs at least two labels"),
+    ("*.com:443", r"'\*.com:443': a name needs at least two labels"),
+    ("api.*.example.com", r"a wildcard is only allowed as a leading"),
+    ("-bad.example.com", r"is not a CIDR, an address or a DNS name"),
+    ("api.example.com:0", r"port '0' is not a number from 1 to 65535"),
     ("1.2.3.4:0", r"port '0' is not a number from 1 to 65535"),
     ("1.2.3.4:65536", r"port '65536' is not a number"),
     ("1.2.3.4:http", r"port 'http' is not a number"),
