@@ -20,7 +20,9 @@ DEFAULT_RECIPES_DIR = pathlib.Path(__file__).resolve().parent / "recipes"
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # clean up (stop mmdebstrap, remove work) as on ^C
+    # Clean up (stop mmdebstrap, remove work) as on ^C, while this runs only: a caller in the
+    # same process (the test suite) keeps its own handler afterwards.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -31,6 +33,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         print("rootfs_builder: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_build(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

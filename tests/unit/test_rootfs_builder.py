@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import stat
 import subprocess
 import tarfile
@@ -543,3 +544,11 @@ def test_cli_show_summarises_each_tree(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"python: {outcome.inputs_hash[:16]}  Python 3.11.9 (/usr/bin/python3)")
     assert "import of python.tar.gz" in out and "1 packages" in out and str(outcome.path) in out
+
+
+def test_the_cli_gives_back_the_sigterm_handler_it_found(tmp_path):
+    # A process that called main() (the test suite: forked helpers inherit handlers) must not
+    # turn SIGTERM into KeyboardInterrupt afterwards.
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["show", "--rootfs-dir", str(tmp_path)]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
