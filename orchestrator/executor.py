@@ -78,6 +78,7 @@ class Executor:
         self.start_gate = StartGate(settings.start_parallelism)
         self.snapshots: SnapshotStore | None = None  # set by the service
         self.runsc_status: Callable[[], dict] = dict  # what the installed runsc is and can do (the service)
+        self.network_status: Callable[[], dict | None] = lambda: None  # the network mode, its resolver (the service)
         self._teardowns: set[asyncio.Task] = set()
         self.pools: dict[str, SandboxPool] = {}
         self._analysis_pool: ProcessPoolExecutor | None = None
@@ -169,6 +170,7 @@ class Executor:
         return {
             "running": self.running,
             "runsc": self.runsc_status(),
+            "network": self.network_status(),
             "max_concurrency": self.settings.max_concurrency,
             "warm_starts": self.warm_starts,
             "cold_starts": self.cold_starts,

@@ -405,6 +405,8 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
         raise
     executor.snapshots = store
     executor.runsc_status = lambda: runsc_status(info, settings, store)
+    executor.network_status = lambda: {"mode": network.mode,
+                                       "resolver": dns.status() if dns is not None else None}
     store.start()
     executor.start_pools()
     log.info("capacity: %s", ", ".join(f"{name} {entry['value']} ({entry['source']})"

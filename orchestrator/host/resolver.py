@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
 import os
 import pathlib
@@ -61,6 +62,7 @@ RESOLV_CONF_NAME = "resolv.conf"  # bind-mounted read-only over the sandbox's /e
 CACHE_SIZE = 10000  # an evicted record would be fetched again without refreshing its element
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after an unexpected exit; the last repeats
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -285,16 +287,23 @@ def _write(path: pathlib.Path, text: str, mode: int) -> None:
 
 
 class Resolver:
-    """One dnsmasq for one service: ``start`` (replacing any leftover), ``stop``."""
+    """One dnsmasq for one service: ``start`` (replacing any leftover), ``stop``.  A dnsmasq that
+    exits on its own is started again (after ``RESTART_DELAYS_S``) until ``stop``: without it no
+    sandbox resolves a name and every allowlisted name would look blocked."""
 
     def __init__(self, config: ResolverConfig, directory: pathlib.Path, *, binary: pathlib.Path = DNSMASQ,
-                 deny_reason: Callable[[ipaddress.IPv4Address], str | None] = lambda address: None):
+                 deny_reason: Callable[[ipaddress.IPv4Address], str | None] = lambda address: None,
+                 restart_delays_s: tuple[float, ...] = RESTART_DELAYS_S):
         self.config = config
         self.directory = directory
         self.binary = binary
         self.deny_reason = deny_reason
+        self.restart_delays_s = restart_delays_s
+        self.restarts = 0
+        self.last_exit: str | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
+        self._stopping = False
 
     @property
     def conf_path(self) -> pathlib.Path:
@@ -308,9 +317,21 @@ class Resolver:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    def status(self) -> dict:
+        """For ``/status``: where it listens, whether it runs, how often it had to be restarted."""
+        return {"address": f"{self.config.address}:53", "running": self.is_running, "pid": self.pid,
+                "upstreams": [str(upstream) for upstream in self.config.upstreams],
+                "allowed_names": len(self.config.names), "ttl_s": self.config.ttl_s,
+                "restarts": self.restarts, "last_exit": self.last_exit}
+
     async def start(self) -> None:
         """Write the config and the sandboxes' resolv.conf, start dnsmasq, and return once it
         listens (it logs ``started`` after binding); HostError if it does not."""
+        self._stopping = False
         version = await probe_dnsmasq(self.binary)
         leftovers = await asyncio.to_thread(kill_processes, self.conf_path)
         if leftovers:
@@ -321,7 +342,19 @@ class Resolver:
         except OSError as exc:
             raise HostError(f"write resolver config in {self.directory}: {exc}") from exc
         try:
-            self._process = await asyncio.create_subprocess_exec(
+            await self._launch()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("resolver: %s, pid %d, on %s:53, upstream %s, %d allowed name(s), TTL %d s",
+                 version, self._process.pid, self.config.address, ", ".join(map(str, self.config.upstreams)),
+                 len(self.config.names), self.config.ttl_s)
+
+    async def _launch(self) -> None:
+        """Start dnsmasq and its log reader; HostError when it does not report ``started``
+        (what it started is killed again)."""
+        try:
+            process = await asyncio.create_subprocess_exec(
                 str(self.binary), f"--conf-file={self.conf_path}", stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
         except OSError as exc:
@@ -331,24 +364,22 @@ class Resolver:
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
                 while True:
-                    line = await self._process.stderr.readline()
+                    line = await process.stderr.readline()
                     if not line:
-                        code = await self._process.wait()
+                        code = await process.wait()
                         raise HostError(f"start dnsmasq: exited {code}: {' / '.join(said[-3:]) or 'no output'}")
                     text = self._line(line)
                     said.append(text)
                     if text.startswith("started, version"):
                         break
         except BaseException as exc:
-            await self.stop()
+            await _terminate(process)
             if isinstance(exc, TimeoutError):
                 raise HostError(f"start dnsmasq: not started after {START_TIMEOUT_S:.0f} s: "
                                 f"{' / '.join(said[-3:]) or 'no output'}") from None
             raise
-        self._reader = asyncio.create_task(self._read(self._process), name="dnsmasq-log")
-        log.info("resolver: %s, pid %d, on %s:53, upstream %s, %d allowed name(s), TTL %d s",
-                 version, self._process.pid, self.config.address, ", ".join(map(str, self.config.upstreams)),
-                 len(self.config.names), self.config.ttl_s)
+        self._process = process
+        self._reader = asyncio.create_task(self._read(process), name="dnsmasq-log")
 
     def _line(self, raw: bytes) -> str:
         """Log one line of dnsmasq's; return it without the ``dnsmasq[pid]: `` prefix."""
@@ -367,23 +398,48 @@ class Resolver:
         return text
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:
+        """Log what dnsmasq says; when it exits without being asked to, start it again."""
         assert process.stderr is not None
         while line := await process.stderr.readline():
             self._line(line)
-        log.warning("resolver: dnsmasq exited %s", await process.wait())
+        code = await process.wait()
+        if self._stopping or process is not self._process:
+            return
+        self.last_exit = f"exit {code}" if code >= 0 else f"signal {-code}"
+        log.error("resolver: dnsmasq pid %d exited on its own (%s): sandboxes resolve nothing until it is back",
+                  process.pid, self.last_exit)
+        for attempt in itertools.count():
+            await asyncio.sleep(self.restart_delays_s[min(attempt, len(self.restart_delays_s) - 1)])
+            if self._stopping:
+                return
+            try:
+                await self._launch()
+            except HostError as exc:
+                log.error("resolver: restart %d failed: %s", attempt + 1, exc)
+                continue
+            self.restarts += 1
+            log.warning("resolver: dnsmasq started again, pid %d (restart %d)", self._process.pid, self.restarts)
+            return
 
     async def stop(self) -> None:
         """Stop dnsmasq (SIGTERM, then SIGKILL); a no-op when it is not running."""
+        self._stopping = True
         process, self._process = self._process, None
         reader, self._reader = self._reader, None
-        if reader is not None:
+        if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+            await asyncio.gather(reader, return_exceptions=True)
+        if process is not None:
+            await _terminate(process)
         if self.config.pid_file is not None:
             self.config.pid_file.unlink(missing_ok=True)
+
+
+async def _terminate(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            process.kill()
+            await process.wait()

@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import signal
 import time
 
 import pytest
@@ -112,6 +113,27 @@ async def test_a_leftover_dnsmasq_is_replaced_and_reaped(dns):
         pid, second._process = second.pid, None
         assert await asyncio.to_thread(resolver.kill_processes, second.conf_path) == [pid]
     assert resolver.find_processes(second.conf_path) == []
+
+
+async def test_a_dnsmasq_that_dies_is_started_again_and_says_so_in_its_status(dns):
+    served = resolver.Resolver(dns.config, dns.dir, restart_delays_s=(0.2,))
+    await served.start()
+    try:
+        first = served.pid
+        assert served.status()["running"] and served.status()["restarts"] == 0
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while served.pid in (None, first) or not served.is_running:
+            assert time.monotonic() < deadline, served.status()
+            await asyncio.sleep(0.05)
+        assert resolver.find_processes(served.conf_path) == [served.pid]
+        rcode, answers = await asyncio.to_thread(dns_query, dns.address, "api.test")
+        assert rcode == 0 and [a for a, _ in answers] == ["10.199.250.2"]
+        status = served.status()
+        assert status["restarts"] == 1 and status["last_exit"] == "signal 9" and status["running"], status
+    finally:
+        await served.stop()
+    assert resolver.find_processes(served.conf_path) == [] and not served.status()["running"]
 
 
 async def test_a_failing_dnsmasq_is_a_host_error(dns, tmp_path):

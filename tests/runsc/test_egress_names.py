@@ -131,6 +131,9 @@ def env(named, **overrides) -> dict[str, str]:
 async def test_allowed_names_resolve_and_answer_others_do_not(named, make_service):
     service = await make_service(**env(named))
     assert service.network.resolver.endswith(f":53 -> {named.dns.address}")
+    shown = service.executor.status()["network"]
+    assert shown["mode"] == "egress" and shown["resolver"]["running"], shown
+    assert shown["resolver"]["upstreams"] == [named.dns.address] and shown["resolver"]["restarts"] == 0, shown
     urls = {
         "api": "http://api.test:8000/by-name",
         "api_other_port": "http://api.test:8001/other-port",
