@@ -76,3 +76,19 @@ async def test_infinite_loop_times_out(make_service):
     result = await run(service, "function main() { for (;;) {} }\n", "nodejs")
     assert result["exit_code"] == -124
     assert result["resource_limit_type"] == "time"
+
+
+async def test_localhost_resolves_and_serves(service):
+    # gVisor provides no /etc/hosts; the rootfs recipes carry one (before: ENOTFOUND localhost)
+    code = ("const dns = require('dns').promises;\n"
+            "const http = require('http');\n"
+            "async function main() {\n"
+            "  const found = await dns.lookup('localhost', {family: 4});\n"
+            "  const server = http.createServer((req, res) => res.end('local')).listen(8080, '127.0.0.1');\n"
+            "  await new Promise((resolve) => server.on('listening', resolve));\n"
+            "  const body = await (await fetch('http://localhost:8080/')).text();\n"
+            "  server.close();\n"
+            "  return {address: found.address, body};\n"
+            "}\n")
+    result = await run(service, code, "nodejs")
+    assert result["result"]["value"] == {"address": "127.0.0.1", "body": "local"}, result

@@ -256,3 +256,13 @@ async def test_the_benchmarks_pandas_run_answers_what_the_benchmark_expects(make
     service = await make_service(SANDBOX_TIMEOUT="30s")
     result = await run(service, PANDAS.code)
     assert result["status"] == "success" and result["result"]["value"] == PANDAS.expected
+
+
+async def test_localhost_and_the_sandbox_hostname_resolve(make_service):
+    # gVisor provides no /etc/hosts; the rootfs recipes carry one (before, `localhost` gave -2)
+    service = await make_service(SANDBOX_ENABLE_AST_ANALYSIS="false")  # the upstream check refuses socket
+    code = ("import socket\n"
+            "def main():\n"
+            "    return [socket.gethostname(), socket.gethostbyname('localhost'), socket.gethostbyname(socket.gethostname())]\n")
+    result = await run(service, code)
+    assert result["result"]["value"] == ["sandbox", "127.0.0.1", "127.0.1.1"], result

@@ -97,8 +97,8 @@ def test_shipped_recipes_load_with_their_inputs():
     python = load_recipe(RECIPES, "python")
     assert (python.interpreter, python.suite, python.variant) == ("python3", "bookworm", "minbase")
     assert {"python3", "python3-pip", "ca-certificates"} <= set(python.packages)
-    assert python.input_files() == ["matplotlibrc", "requirements.txt"]
-    assert python.files == {"/etc/matplotlibrc": "matplotlibrc"}
+    assert python.input_files() == ["hosts", "matplotlibrc", "requirements.txt"]
+    assert python.files == {"/etc/matplotlibrc": "matplotlibrc", "/etc/hosts": "hosts"}
     requirements = (python.directory / python.requirements).read_text().split()
     assert requirements == ["numpy", "pandas", "matplotlib", "requests"]
     assert "backend: Agg" in (python.directory / "matplotlibrc").read_text()
@@ -108,6 +108,10 @@ def test_shipped_recipes_load_with_their_inputs():
     assert node.node_version.startswith("22.")
     package = json.loads((node.directory / node.package_json).read_text())
     assert package["private"] is True and "axios" in package["dependencies"]
+    # gVisor provides no /etc/hosts: both trees carry the same one
+    assert node.files == {"/etc/hosts": "hosts"}
+    hosts = (node.directory / "hosts").read_text()
+    assert hosts == (python.directory / "hosts").read_text() and "127.0.0.1\tlocalhost" in hosts
 
 
 def test_inputs_hash_is_stable_and_follows_every_input(tmp_path):
