@@ -47,7 +47,7 @@ def _names(values: list[str] | None, known, what: str, parser: argparse.Argument
     return names
 
 
-def _env_pair(text: str) -> tuple[str, str]:
+def env_pair(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.startswith("SANDBOX_"):
         raise argparse.ArgumentTypeError(f"expected SANDBOX_NAME=value, not {text!r}")
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=4, help="clients in the closed loop (default 4)")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds of quiet before each scenario against an endpoint without pool state")
-    parser.add_argument("--service-env", action="append", type=_env_pair, default=[], metavar="SANDBOX_X=V",
+    parser.add_argument("--service-env", action="append", type=env_pair, default=[], metavar="SANDBOX_X=V",
                         help="extra setting for the services the benchmark starts (a group's own settings and "
                              "the rate limit 'off' still win)")
     parser.add_argument("--json", default="bench-results/bench.json", help="output JSON; the PNG goes next to it")

@@ -20,7 +20,7 @@ import uuid
 
 import aiohttp
 
-from orchestrator.bench.cli import runsc_problem_of, runsc_version
+from orchestrator.bench.cli import env_pair, runsc_problem_of, runsc_version
 from orchestrator.bench.client import BenchError, service_status, wait_settled
 from orchestrator.bench.service import LocalService
 from orchestrator.errors import ServiceError
@@ -38,13 +38,6 @@ SETTLE_TIMEOUT_S = 300.0
 PROGRESS_EVERY_S = 60.0
 
 
-def _env_pair(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.startswith("SANDBOX_"):
-        raise argparse.ArgumentTypeError(f"expected SANDBOX_NAME=value, not {text!r}")
-    return name, value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=1800.0, help="seconds under load, warm-up included "
@@ -54,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds of warm-up (default: 10%% of the duration, at least 20 s)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between RSS/FD samples (default 2)")
     parser.add_argument("--out", default="soak-results", help="directory for soak.json and soak.png")
-    parser.add_argument("--service-env", action="append", type=_env_pair, default=[], metavar="SANDBOX_X=V",
+    parser.add_argument("--service-env", action="append", type=env_pair, default=[], metavar="SANDBOX_X=V",
                         help="extra setting for the soak's service")
     args = parser.parse_args(argv)
     if args.warmup is None:
