@@ -51,6 +51,35 @@ def test_an_orphaned_helper_is_adopted_and_reaped():
     assert state(orphan) is None
 
 
+def test_an_orphan_whose_parent_another_thread_started_is_reaped_too():
+    """The reaper reads only the main thread's children: the kernel hands orphans to the
+    subreaper's first live thread, not to the thread that started their parent."""
+    import threading
+
+    started, done = threading.Event(), threading.Event()
+    result = {}
+
+    def start_parent():  # and stay alive while the orphan is adopted
+        result["parent"] = subprocess.run([sys.executable, "-c", ORPHAN], capture_output=True, text=True, timeout=10)
+        started.set()
+        done.wait(20)
+
+    thread = threading.Thread(target=start_parent)
+    thread.start()
+    try:
+        assert started.wait(15)
+        orphan = int(result["parent"].stdout)
+        deadline = time.monotonic() + 10
+        while state(orphan) != "Z":
+            assert time.monotonic() < deadline, f"the orphan never became our zombie (state {state(orphan)})"
+            time.sleep(0.02)
+        assert reap_orphans() >= 1
+        assert state(orphan) is None
+    finally:
+        done.set()
+        thread.join()
+
+
 def test_our_own_children_are_not_reaped_behind_their_waiter():
     child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(7)"])
     deadline = time.monotonic() + 10
