@@ -47,8 +47,10 @@ async def check_runsc(settings: Settings) -> Check:
                      "install a newer gVisor release or set SANDBOX_ENABLE_SECCOMP=false")
     checkpoint = "checkpoints without compression" if info.checkpoints_uncompressed else \
         "always compresses checkpoints (no snapshots: 0.0~20240729 or later has them)"
+    cgroups = "sandboxes start inside their cgroups (--ignore-cgroups)" if "ignore-cgroups" in info.flags else \
+        "runsc joins the sandboxes' cgroups itself (no --ignore-cgroups)"
     return Check("runsc", True, f"{info.binary} version {info.version}, platform {settings.runsc.platform}, "
-                                f"{len(info.flags)} flags, {checkpoint}")
+                                f"{len(info.flags)} flags, {checkpoint}, {cgroups}")
 
 
 SNAPSHOT_PROBE_TIMEOUT_S = 120.0

@@ -32,6 +32,7 @@ from orchestrator.host import workspace
 from orchestrator.host.cgroups import DEFAULT_CPU_WEIGHT, CgroupLimits, Cgroups
 from orchestrator.language import Language
 from orchestrator.outcome import RESULT_LIMIT_BYTES, RunRecord
+from orchestrator.runtime.argv import JoinCgroups
 from orchestrator.settings import Limits
 from orchestrator.start import Boot, Restore
 
@@ -79,6 +80,7 @@ class SandboxHost:
     bounded_workspace: bool = True  # a size-limited tmpfs per workspace (needs root)
     network: object | None = None  # egress mode: host.netns.SandboxNetworks; None: runsc's own empty netns
     resolv_conf: str | None = None  # egress mode: the file naming the resolver (host.resolver), bound read-only
+    meminfo: pathlib.Path | None = None  # host.meminfo: what runsc reads for MemTotal when we join the cgroups
 
 
 def preload_env(language: Language, preload: bool) -> dict[str, str]:
@@ -253,7 +255,7 @@ class Sandbox:
             self._stack.push_async_callback(self._stop)
             launch = asyncio.ensure_future(start.launch(self.host.runtime, self.id, self._dirs.bundle,
                                                         self._dirs.log_file, stdin=child_ends[0], stdout=out_w,
-                                                        stderr=err_w))
+                                                        stderr=err_w, join=self._join()))
             try:
                 self._process = await asyncio.shield(launch)
             except asyncio.CancelledError:
@@ -265,6 +267,13 @@ class Sandbox:
                 os.close(fd)
         if ours is not None:
             self._reader, self._writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_FRAME_BYTES)
+
+    def _join(self) -> JoinCgroups | None:
+        """The cgroups runsc is started in, for a runtime that does not join them itself."""
+        cgroups = self.host.cgroups
+        if cgroups is None:
+            return None
+        return JoinCgroups(procs=cgroups.procs_files(self.id), meminfo=self.host.meminfo)
 
     async def _read_frame(self) -> dict | None:
         """The runner's next frame, or None at EOF (the sandbox is gone)."""

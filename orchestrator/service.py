@@ -30,7 +30,7 @@ import psutil
 from bundles.spec import NETNS_DIR, OOM_SCORE_ADJ
 from orchestrator.errors import HostError, RunscError, SandboxError
 from orchestrator.executor import Executor
-from orchestrator.host import firewall, netns, resolver, workspace
+from orchestrator.host import firewall, meminfo, netns, resolver, workspace
 from orchestrator.host.cgroups import CgroupLimits, Cgroups
 from orchestrator.host.placement import Placement, open_cgroups, place
 from orchestrator.language import Language, load_languages
@@ -59,7 +59,7 @@ class NetworkInfo:
 
     mode: str                             # SANDBOX_CONTAINER_NETWORK
     runsc_network: str                    # runsc --network
-    netns_workaround: bool = False        # `runsc run` wrapped (runtime.argv.netns_workaround_argv)
+    netns_workaround: bool = False        # `runsc run` wrapped (runtime.argv, the netns workaround)
     probe: str = ""                       # how that was decided
     table: str | None = None              # our nftables table (inet)
     name_prefix: str | None = None        # of our netns and veths
@@ -189,13 +189,17 @@ def make_snapshot_store(settings: Settings, info: RunscInfo | None, runtime, exe
     return SnapshotStore(settings.snapshots_path, profiles, inputs, executor.snapshot_sandbox, rootfs_tree, off=off)
 
 
-def runsc_status(info: RunscInfo | None, settings: Settings, store: SnapshotStore | None) -> dict:
-    """What the installed runsc is and can do (``/status``, ``doctor``)."""
+def runsc_status(info: RunscInfo | None, settings: Settings, store: SnapshotStore | None,
+                 config: RunscConfig | None = None) -> dict:
+    """What the installed runsc is and can do (``/status``, ``doctor``); ``cgroups_joined_by``:
+    who puts a sandbox in its cgroups, the start wrapper (runsc runs with --ignore-cgroups,
+    see runtime.argv) or runsc itself."""
     if info is None:
         return {"binary": None, "version": None}
     return {"binary": str(info.binary), "version": info.version, "platform": settings.runsc.platform,
             "checkpoint_uncompressed": info.checkpoints_uncompressed,
-            "restore_new_id_new_stdio": store.restore_proven if store is not None else None}
+            "restore_new_id_new_stdio": store.restore_proven if store is not None else None,
+            "cgroups_joined_by": None if config is None else "wrapper" if config.join_cgroups else "runsc"}
 
 
 def sandbox_networks(settings: Settings) -> netns.SandboxNetworks:
@@ -261,6 +265,9 @@ def runsc_config(settings: Settings, known_flags: frozenset[str] | None = None) 
         debug_log_dir=settings.runsc.debug_log_dir,
         known_flags=known_flags,
         oom_score_adj=OOM_SCORE_ADJ,
+        # Sandboxes start inside their cgroups, one burst of writes, where runsc can be told to
+        # leave them alone (runtime.argv); start_service turns it off without cgroups of ours.
+        join_cgroups=known_flags is not None and "ignore-cgroups" in known_flags,
     )
 
 
@@ -379,9 +386,15 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
         if reaped:
             log.warning("reaped leftovers of an earlier run: %s", ", ".join(reaped))
     seccomp = load_profile(settings.runsc.seccomp_profile) if settings.runsc.enable_seccomp else None
+    meminfo_file = None
+    if isinstance(runtime, RunscRuntime):
+        if cgroups is None or not runtime.config.knows("ignore-cgroups"):
+            runtime = RunscRuntime(dataclasses.replace(runtime.config, join_cgroups=False))
+        if runtime.config.join_cgroups:
+            meminfo_file = await asyncio.to_thread(meminfo.write, settings.state_dir, settings.limits.memory_bytes)
     host = SandboxHost(runtime=runtime, cgroups=cgroups, state_dir=settings.state_dir,
                        uid=settings.sandbox_uid, gid=settings.sandbox_gid, limits=settings.limits,
-                       boot_timeout_s=settings.boot_timeout_s, seccomp=seccomp)
+                       boot_timeout_s=settings.boot_timeout_s, seccomp=seccomp, meminfo=meminfo_file)
     network = NetworkInfo(mode="none", runsc_network=RUNSC_NETWORK["none"],
                           probe="runsc gives each sandbox an empty netns of its own")
     dns = None
@@ -404,7 +417,7 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
         await undo.aclose()  # egress: the resolver, the table and the link go with the failed start
         raise
     executor.snapshots = store
-    executor.runsc_status = lambda: runsc_status(info, settings, store)
+    executor.runsc_status = lambda: runsc_status(info, settings, store, getattr(runtime, "config", None))
     executor.network_status = lambda: {"mode": network.mode,
                                        "resolver": dns.status() if dns is not None else None}
     store.start()

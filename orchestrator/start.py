@@ -38,8 +38,8 @@ class Boot:
     image = None
 
     async def launch(self, runtime, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path, *,
-                     stdin: int, stdout: int, stderr: int):
-        return await runtime.start(sandbox_id, bundle, log_file, stdin=stdin, stdout=stdout, stderr=stderr)
+                     stdin: int, stdout: int, stderr: int, join=None):
+        return await runtime.start(sandbox_id, bundle, log_file, stdin=stdin, stdout=stdout, stderr=stderr, join=join)
 
     async def handshake(self, send: Send, read: Read) -> dict | None:
         return await read()
@@ -59,9 +59,9 @@ class Restore:
         self._finished = False
 
     async def launch(self, runtime, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path, *,
-                     stdin: int, stdout: int, stderr: int):
+                     stdin: int, stdout: int, stderr: int, join=None):
         return await runtime.restore(sandbox_id, bundle, log_file, self.image.path,
-                                     stdin=stdin, stdout=stdout, stderr=stderr)
+                                     stdin=stdin, stdout=stdout, stderr=stderr, join=join)
 
     async def handshake(self, send: Send, read: Read) -> dict | None:
         await send({"type": "resume"})

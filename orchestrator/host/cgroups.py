@@ -1,9 +1,11 @@
-"""The only writer under the cgroup filesystem: a parent cgroup of ours holding one child per
-sandbox.
+"""The only writer under the cgroup filesystem (but for the pid that a sandbox's start wrapper
+writes into the ``cgroup.procs`` files of ``procs_files``, see ``runtime.argv``): a parent
+cgroup of ours holding one child per sandbox.
 
 The parent carries the service's total budget (memory, CPU) for all sandboxes together.  Each
 sandbox's child is created before runsc starts and passed as ``linux.cgroupsPath``; runsc
-joins it but leaves a cgroup it did not create untouched, so the limits are written here
+joins it (or, with ``--ignore-cgroups``, the start wrapper puts runsc in it before it runs)
+but leaves a cgroup it did not create untouched, so the limits are written here
 (memory without swap on top, pids, CPU quota and weight), and the counters (peak memory, OOM
 kills, CPU time) can still be read after the sandbox exited; we remove the child ourselves.
 Both hierarchies are supported:
@@ -348,6 +350,11 @@ class Cgroups:
                 except OSError as undo:
                     log.warning("sandbox=%s remove cgroup %s after a failed create: %s", sandbox_id, directory, undo)
             raise HostError(f"create cgroup for sandbox {sandbox_id}: {exc}") from exc
+
+    def procs_files(self, sandbox_id: str) -> tuple[pathlib.Path, ...]:
+        """The sandbox's ``cgroup.procs`` files (v1: memory, pids, cpu, cpuacct; v2: its node),
+        for the start wrapper that puts runsc there before it runs (``runtime.argv``)."""
+        return tuple(directory / "cgroup.procs" for directory in self._dirs(sandbox_id))
 
     def kill_tasks(self, sandbox_id: str, rounds: int = 3) -> int:
         """SIGKILL every process in the sandbox's cgroup (runsc's sandbox and gofer processes and

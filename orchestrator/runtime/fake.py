@@ -54,7 +54,7 @@ class FakeRuntime:
         return args, to_host(spec["process"]["cwd"]), env
 
     async def start(self, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path, *,
-                    stdin: int, stdout: int, stderr: int) -> asyncio.subprocess.Process:
+                    stdin: int, stdout: int, stderr: int, join=None) -> asyncio.subprocess.Process:
         if self.fail_start:
             raise RunscError("start sandbox: fake failure", sandbox_id=sandbox_id)
         spec = json.loads((bundle / "config.json").read_text())
@@ -73,7 +73,7 @@ class FakeRuntime:
         await self.kill(sandbox_id)
 
     async def restore(self, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path, image_dir: pathlib.Path, *,
-                      stdin: int, stdout: int, stderr: int) -> asyncio.subprocess.Process:
+                      stdin: int, stdout: int, stderr: int, join=None) -> asyncio.subprocess.Process:
         """Boot the runner afresh and hide its own "ready": to the caller it looks like a runner
         restored while waiting for its request (it answers ``resume`` with "ready")."""
         if not (image_dir / "fake-image.json").is_file():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from orchestrator.errors import RunscError
 from orchestrator.runtime import argv as runsc_argv
-from orchestrator.runtime.argv import RunscConfig
+from orchestrator.runtime.argv import JoinCgroups, RunscConfig
 from orchestrator.runtime import reaper
 from orchestrator.runtime.reaper import reap_orphans
 
@@ -93,16 +93,19 @@ class RunscRuntime:
         self.config = config
 
     async def start(self, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path, *,
-                    stdin: int, stdout: int, stderr: int) -> asyncio.subprocess.Process:
-        """``runsc run`` in the background; the returned process exits with the sandbox."""
-        argv = runsc_argv.run_argv(self.config, sandbox_id, bundle, log_file)
+                    stdin: int, stdout: int, stderr: int, join: JoinCgroups | None = None) -> asyncio.subprocess.Process:
+        """``runsc run`` in the background; the returned process exits with the sandbox.
+        ``join``: the sandbox's cgroups, which the start wrapper joins when runsc runs with
+        ``--ignore-cgroups`` (``RunscConfig.join_cgroups``)."""
+        argv = runsc_argv.run_argv(self.config, sandbox_id, bundle, log_file, join)
         return await self._spawn(argv, "start", sandbox_id, stdin=stdin, stdout=stdout, stderr=stderr)
 
     async def restore(self, sandbox_id: str, bundle: pathlib.Path, log_file: pathlib.Path, image_dir: pathlib.Path, *,
-                      stdin: int, stdout: int, stderr: int) -> asyncio.subprocess.Process:
+                      stdin: int, stdout: int, stderr: int, join: JoinCgroups | None = None
+                      ) -> asyncio.subprocess.Process:
         """``runsc restore`` from ``image_dir`` in the background, with new stdio; the returned
         process exits with the restored sandbox.  Delete the container after that."""
-        argv = runsc_argv.restore_argv(self.config, sandbox_id, bundle, image_dir, log_file)
+        argv = runsc_argv.restore_argv(self.config, sandbox_id, bundle, image_dir, log_file, join)
         return await self._spawn(argv, "restore", sandbox_id, stdin=stdin, stdout=stdout, stderr=stderr)
 
     async def _spawn(self, argv: list[str], verb: str, sandbox_id: str, **stdio: int) -> asyncio.subprocess.Process:

@@ -185,3 +185,68 @@ async def test_the_oom_killer_prefers_the_sandbox_over_the_service(make_service)
         assert int(pathlib.Path("/proc/self/oom_score_adj").read_text()) < OOM_SCORE_ADJ
     finally:
         assert (await task)["result"]["value"] == "slept"
+
+
+def cgroups_by_controller(pid: int) -> dict[str, str]:
+    """/proc/<pid>/cgroup as controller -> path (v1 lines name their controllers; the v2 line
+    has none and is keyed "")."""
+    placed = {}
+    for line in pathlib.Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            placed[controller] = path
+    return placed
+
+
+async def test_every_host_process_of_a_sandbox_lives_in_its_cgroup_from_birth(make_service):
+    """runsc, its gofer and sandbox processes and (under ptrace) their stubs are all in the
+    sandbox's cgroup in every hierarchy whose limits we set: the start wrapper put runsc there
+    before it ran, and runsc (--ignore-cgroups) moved nothing (runtime.argv, joined cgroups)."""
+    service = await make_service(SANDBOX_TIMEOUT="30s")
+    cgroups = service.cgroups
+    runsc_root = service.settings.state_dir / "runsc"
+    controllers = ("memory", "pids", "cpu", "cpuacct") if cgroups.version == 1 else ("",)
+
+    def placements() -> dict[int, dict[str, str]]:
+        placed = {}
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            # `runsc run`/`restore` and what they start; not the service's `runsc delete`s
+            if f"--root={runsc_root}" not in cmdline or not {"run", "restore", "boot", "gofer"} & set(cmdline):
+                continue
+            if cmdline[0] in ("sh", "unshare"):
+                continue  # a start wrapper of the next sandbox, before it joined and became runsc
+            for each in [process, *process.children(recursive=True)]:
+                try:
+                    placed[each.pid] = cgroups_by_controller(each.pid)
+                except OSError:
+                    pass  # exited meanwhile
+        return placed
+
+    task = asyncio.create_task(run(service, "import time\ndef main():\n    time.sleep(3)\n    return 'slept'\n"))
+    try:
+        deadline = time.monotonic() + 10
+        placed = {}
+        # until the program runs: runsc itself, its gofer, its sandbox (and stubs)
+        while not (service.executor.running and len(placed := placements()) >= 3):
+            assert time.monotonic() < deadline and not task.done(), f"the run never got going: {placed}"
+            await asyncio.sleep(0.05)
+        sandboxes = set(cgroups.list_sandboxes())
+        for pid, placement in placed.items():
+            paths = {placement[c] for c in controllers}
+            assert len(paths) == 1, (pid, placement)  # one sandbox's node in every hierarchy
+            parent, _, sandbox_id = paths.pop().rpartition("/")
+            assert parent.endswith(f"/{cgroups.parent}") and sandbox_id in sandboxes, (pid, placement)
+    finally:
+        assert (await task)["result"]["value"] == "slept"
+
+
+async def test_a_sandbox_sees_its_memory_limit_as_its_memory(make_service):
+    """MemTotal inside is the memory limit, not the host's RAM: runsc takes it from the
+    cgroup, or, when the wrapper joined the cgroups, from the meminfo stand-in."""
+    service = await make_service(SANDBOX_MAX_MEMORY="192m", SANDBOX_ENABLE_AST_ANALYSIS="false")
+    code = ("def main():\n"
+            "    with open('/proc/meminfo') as f:\n"
+            "        return int(f.readline().split()[1])\n")
+    result = await run(service, code)
+    assert result["result"] is not None and result["result"]["value"] == 192 * 1024, result

@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator.executor import RunRequest
 from orchestrator.host import firewall, netns
-from orchestrator.runtime.argv import run_argv
+from orchestrator.runtime.argv import JoinCgroups, run_argv
 from tests.host.testnet import HostListener, TestHost, free_subnet, read_forwarding, require_root, write_forwarding
 from tests.conftest import require_runsc
 from tests.runsc.conftest import run
@@ -113,7 +113,8 @@ def egress_env(hosts, **overrides) -> dict[str, str]:
 async def test_egress_reaches_an_allowlisted_host(hosts, no_network_leftovers, make_service):
     service = await make_service(**egress_env(hosts))
     assert service.network.mode == "egress" and service.network.runsc_network == "sandbox"
-    wrapped = "unshare" in run_argv(service.runtime.config, "x", pathlib.Path("/b"), pathlib.Path("/l"))
+    join = JoinCgroups(procs=(pathlib.Path("/p"),))  # without a meminfo stand-in: no mount namespace of its own
+    wrapped = "unshare" in run_argv(service.runtime.config, "x", pathlib.Path("/b"), pathlib.Path("/l"), join)
     assert wrapped == service.network.netns_workaround, service.network
     code = ("import requests\n"
             "def main(url):\n"

@@ -57,6 +57,7 @@ async def test_status_reports_images_and_what_runsc_can_do(make_service):
     status = executor.status()
     assert status["runsc"]["checkpoint_uncompressed"] is True
     assert status["runsc"]["restore_new_id_new_stdio"] is True
+    assert status["runsc"]["cgroups_joined_by"] == "wrapper"  # both supported runsc builds know --ignore-cgroups
     python = status["snapshots"]["profiles"]["python"]
     assert python["state"] == "ready"
     assert python["image"]["size_bytes"] > 1_000_000

@@ -9,6 +9,8 @@ import pytest
 
 from orchestrator.runtime.argv import (
     BASELINE_FLAGS,
+    NETNS_WORKAROUND_STEP,
+    JoinCgroups,
     RunscConfig,
     check_sandbox_id,
     checkpoint_argv,
@@ -16,7 +18,6 @@ from orchestrator.runtime.argv import (
     flags_argv,
     kill_argv,
     list_argv,
-    netns_workaround_argv,
     parse_flag_names,
     parse_version,
     restore_argv,
@@ -59,17 +60,68 @@ def test_checkpoint_and_restore_argv():
         "--bundle=/state/sb-2/bundle", "sb-2"]
 
 
+def wrapper_steps(argv: list[str]) -> list[str]:
+    """The steps of a start wrapper's shell script, and a check that it execs runsc's argv."""
+    shell = argv.index("sh")
+    assert argv[shell:shell + 2] == ["sh", "-c"] and argv[shell + 3] == "sh"
+    assert argv[shell + 4] == "/usr/bin/runsc"
+    steps = argv[shell + 2].split(" && ")
+    assert steps[-1] == 'exec "$@"'  # exec keeps the pid: the caller's handle is runsc itself
+    return steps[:-1]
+
+
 def test_run_and_restore_start_with_the_oom_score_adj_and_nothing_else_does():
     oom = config(oom_score_adj=500, network="sandbox", netns_workaround=True)
-    prefix = ["sh", "-c", 'echo 500 > /proc/self/oom_score_adj && exec "$@"', "sh"]
     run = run_argv(oom, "sb-1", pathlib.Path("/b"), pathlib.Path("/l"))
     restore = restore_argv(oom, "sb-1", pathlib.Path("/b"), pathlib.Path("/i"), pathlib.Path("/l"))
     for argv in (run, restore):
-        assert argv[:4] == prefix and argv[4] == "unshare"  # outermost, around the netns workaround
-        assert argv[4:] == netns_workaround_argv(argv[argv.index("/usr/bin/runsc"):])
+        # One shell, in the netns workaround's private mount namespace.
+        assert argv[:4] == ["unshare", "--mount", "--propagation", "private"]
+        assert wrapper_steps(argv) == [NETNS_WORKAROUND_STEP, "echo 500 > /proc/self/oom_score_adj"]
+    assert wrapper_steps(run_argv(config(oom_score_adj=-3), "sb-1", pathlib.Path("/b"), pathlib.Path("/l"))) == [
+        "echo -3 > /proc/self/oom_score_adj"]
     assert kill_argv(oom, "sb-1")[0] == delete_argv(oom, "sb-1")[0] == "/usr/bin/runsc"
     with pytest.raises(ValueError):
         run_argv(config(oom_score_adj=1001), "sb-1", pathlib.Path("/b"), pathlib.Path("/l"))
+
+
+PROCS = (pathlib.Path("/sys/fs/cgroup/memory/gvisor sandbox/sb-1/cgroup.procs"),
+         pathlib.Path("/sys/fs/cgroup/pids/gvisor sandbox/sb-1/cgroup.procs"))
+
+
+@pytest.mark.parametrize("build", [
+    lambda c, join: run_argv(c, "sb-1", pathlib.Path("/b"), pathlib.Path("/l"), join),
+    lambda c, join: restore_argv(c, "sb-1", pathlib.Path("/b"), pathlib.Path("/i"), pathlib.Path("/l"), join),
+], ids=["run", "restore"])
+def test_joined_cgroups_the_wrapper_writes_its_pid_then_runsc_ignores_cgroups(build):
+    joined = config(join_cgroups=True, oom_score_adj=500)
+    argv = build(joined, JoinCgroups(procs=PROCS))
+    assert argv[0] == "sh"  # no mount namespace without a meminfo stand-in
+    assert wrapper_steps(argv) == ["echo 500 > /proc/self/oom_score_adj",
+                                   "echo $$ > '/sys/fs/cgroup/memory/gvisor sandbox/sb-1/cgroup.procs'",
+                                   "echo $$ > '/sys/fs/cgroup/pids/gvisor sandbox/sb-1/cgroup.procs'"]
+    runsc = argv[argv.index("/usr/bin/runsc"):]
+    assert "--ignore-cgroups" in runsc[:runsc.index("run" if "run" in runsc else "restore")]
+
+    with_meminfo = build(joined, JoinCgroups(procs=PROCS, meminfo=pathlib.Path("/state dir/meminfo")))
+    assert with_meminfo[:4] == ["unshare", "--mount", "--propagation", "private"]
+    assert wrapper_steps(with_meminfo)[0] == "mount --bind '/state dir/meminfo' /proc/meminfo"
+
+    with pytest.raises(ValueError, match="no cgroups to join"):
+        build(joined, None)
+    # runsc that manages cgroups itself: the join is not the wrapper's business, nor the flag.
+    plain = build(config(), JoinCgroups(procs=PROCS, meminfo=pathlib.Path("/m")))
+    assert plain[0] == "/usr/bin/runsc" and "--ignore-cgroups" not in plain
+
+
+def test_joined_cgroups_every_command_tells_runsc_to_leave_cgroups_alone():
+    joined = config(join_cgroups=True)
+    for argv in (kill_argv(joined, "sb-1"), delete_argv(joined, "sb-1"), list_argv(joined),
+                 checkpoint_argv(joined, "sb-1", pathlib.Path("/i"))):
+        assert "--ignore-cgroups" in argv
+    assert "--ignore-cgroups" not in delete_argv(config(), "sb-1")
+    with pytest.raises(ValueError):
+        JoinCgroups(procs=())
 
 
 def test_restore_gets_the_netns_workaround_like_run():

@@ -428,3 +428,11 @@ def test_kill_tasks_kills_every_process_in_the_sandbox_cgroup(v1_root):
             sleeper.kill()
             sleeper.wait()
     assert cgroups.kill_tasks("no-such-sandbox") == 0
+
+
+def test_procs_files_name_the_sandbox_node_in_each_hierarchy_we_limit(v1_root, v2_root):
+    v1 = Cgroups(v1_root, "gvisor-sandbox")
+    assert v1.procs_files("sb-1") == tuple(v1_root / c / "gvisor-sandbox" / "sb-1" / "cgroup.procs"
+                                           for c in ("memory", "pids", "cpu", "cpuacct"))
+    v2 = Cgroups(v2_root, "system.slice/gvisor-sandbox")
+    assert v2.procs_files("sb-1") == (v2_root / "system.slice" / "gvisor-sandbox" / "sb-1" / "cgroup.procs",)

@@ -18,8 +18,8 @@ from orchestrator.host import firewall
 from orchestrator.host.firewall import EgressRule, FirewallConfig, render_ruleset
 from orchestrator.host.netns import SandboxNet, SandboxNetworks, instance_prefix, pick_slot, slot_addresses, slot_count
 from orchestrator.language import load_languages
-from orchestrator.runtime.argv import (NETNS_WORKAROUND_SCRIPT, RunscConfig, delete_argv, kill_argv, list_argv,
-                                       needs_netns_workaround, netns_workaround_argv, run_argv)
+from orchestrator.runtime.argv import (NETNS_WORKAROUND_STEP, RunscConfig, delete_argv, kill_argv, list_argv,
+                                       needs_netns_workaround, run_argv)
 from orchestrator.runtime.fake import FakeRuntime
 from orchestrator.runtime.runsc import RunscInfo
 from orchestrator.sandbox import Sandbox, SandboxHost
@@ -343,11 +343,10 @@ def test_workaround_wraps_run_in_a_private_mount_namespace():
     plain = run_argv(runsc(network="sandbox"), "sb-1", pathlib.Path("/b"), pathlib.Path("/l"))
     wrapped = run_argv(runsc(network="sandbox", netns_workaround=True), "sb-1", pathlib.Path("/b"), pathlib.Path("/l"))
     assert plain[0] == "/usr/bin/runsc" and "--network=sandbox" in plain
-    assert wrapped == ["unshare", "--mount", "--propagation", "private", "sh", "-c", NETNS_WORKAROUND_SCRIPT, "sh",
-                       *plain]
-    assert netns_workaround_argv(["a", "b c"]) == [*wrapped[:8], "a", "b c"]
+    assert wrapped == ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       f'{NETNS_WORKAROUND_STEP} && exec "$@"', "sh", *plain]
     # tmpfs over /proc/sys/net only (runsc reads /proc/sys/vm), then exec so the pid stays runsc's.
-    assert " /proc/sys/net && exec \"$@\"" in NETNS_WORKAROUND_SCRIPT and "mount -t tmpfs" in NETNS_WORKAROUND_SCRIPT
+    assert NETNS_WORKAROUND_STEP.startswith("mount -t tmpfs") and NETNS_WORKAROUND_STEP.endswith(" /proc/sys/net")
 
 
 def test_workaround_applies_only_to_run_with_network_sandbox():
