@@ -502,7 +502,9 @@ class Sandbox:
                 await asyncio.wait_for(process.wait(), EXIT_GRACE_S)
         try:
             await self._kill()
-            await self._start.release(self.host.runtime, self.id)
+            cgroups = self.host.cgroups
+            await self._start.release(self.host.runtime, self.id,
+                                      (lambda: cgroups.is_empty(self.id)) if cgroups is not None else None)
         except RunscError as exc:
             # runsc could not end or delete it (no binary, no answer): kill what is left of it
             # and remove its runsc files below, so nothing of it outlives the request.

@@ -9,7 +9,8 @@ handshake  a booted runner says "ready" by itself; a restored one is a clone of 
            that was checkpointed while it waited for a request, so it is told to ``resume``
            (it reseeds its random generators) and then says "ready"
 release    ``runsc run`` deletes its container when it exits; ``runsc restore`` leaves the
-           stopped container behind, so it is deleted after the exit
+           stopped container behind: once its processes are gone (its cgroup is empty) its
+           files are removed, else it is deleted by ``runsc delete``
 
 A ``Restore`` holds a lease on its image until the restore is over (``finish``): the store
 deletes a replaced image only when no restore reads it any more.
@@ -44,7 +45,7 @@ class Boot:
     async def handshake(self, send: Send, read: Read) -> dict | None:
         return await read()
 
-    async def release(self, runtime, sandbox_id: str) -> None:
+    async def release(self, runtime, sandbox_id: str, exited=None) -> None:
         """Nothing: ``runsc run`` deleted the container when it exited."""
 
     def finish(self) -> None:
@@ -67,8 +68,13 @@ class Restore:
         await send({"type": "resume"})
         return await read()
 
-    async def release(self, runtime, sandbox_id: str) -> None:
-        await runtime.delete(sandbox_id)
+    async def release(self, runtime, sandbox_id: str, exited=None) -> None:
+        """``exited``: whether the sandbox's processes are all gone (its cgroup is empty);
+        then its files are removed without a ``runsc delete``.  None: no way to tell, delete."""
+        if exited is None:
+            await runtime.delete(sandbox_id)
+        else:
+            await runtime.discard_exited(sandbox_id, exited)
 
     def finish(self) -> None:
         """The restore is over (ready or failed): the image may go once nobody else reads it."""

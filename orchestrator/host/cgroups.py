@@ -356,6 +356,10 @@ class Cgroups:
         for the start wrapper that puts runsc there before it runs (``runtime.argv``)."""
         return tuple(directory / "cgroup.procs" for directory in self._dirs(sandbox_id))
 
+    def is_empty(self, sandbox_id: str) -> bool:
+        """Whether no process is left in the sandbox's cgroup (or the cgroup is gone)."""
+        return not _task_pids(self._node("memory", sandbox_id))
+
     def kill_tasks(self, sandbox_id: str, rounds: int = 3) -> int:
         """SIGKILL every process in the sandbox's cgroup (runsc's sandbox and gofer processes and
         their stubs: ``runsc run`` itself is not in it) and return how many were signalled.  For

@@ -116,8 +116,12 @@ class FakeRuntime:
     def reap_orphans(self) -> int:
         return 0
 
-    def forget(self, sandbox_id: str) -> list[str]:
+    def forget(self, sandbox_id: str, *, quiet: bool = False) -> list[str]:
         return []
+
+    async def discard_exited(self, sandbox_id: str, exited, *, wait_s: float = 1.0) -> bool:
+        await self.delete(sandbox_id)
+        return False
 
     def kill_strays(self) -> list[int]:
         return []

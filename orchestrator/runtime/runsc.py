@@ -11,6 +11,7 @@ import logging
 import os
 import pathlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator.errors import RunscError
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 COMMAND_TIMEOUT_S = 20.0
 CHECKPOINT_TIMEOUT_S = 60.0
 REAP_INTERVAL_S = 0.01
+DISCARD_WAIT_S = 1.0
 _MISSING = ("does not exist", "not found", "no such", "cannot load container", "not running")
 
 
@@ -159,14 +161,42 @@ class RunscRuntime:
         await delete
         reap_orphans()
 
+    async def discard_exited(self, sandbox_id: str, exited: Callable[[], bool], *,
+                             wait_s: float = DISCARD_WAIT_S) -> bool:
+        """Remove a stopped container whose processes are all gone without a ``runsc delete``:
+        its files in our ``--root`` are all that is left of it (``forget``).  ``exited`` says
+        whether its processes are gone (its cgroup is empty); they are waited for, reaping
+        runsc's orphaned helpers meanwhile, up to ``wait_s``, and then deleted by runsc after
+        all.  True when no ``runsc delete`` was needed.
+
+        Why: after a restore this is the end of every sandbox, and a ``runsc delete`` is a
+        whole runsc process (~7 ms of CPU, ~20 ms) for three files."""
+        runsc_argv.check_sandbox_id(sandbox_id)
+        started = time.monotonic()
+        deadline = started + wait_s
+        while True:
+            reap_orphans()
+            if exited():
+                self.forget(sandbox_id, quiet=True)
+                log.debug("sandbox=%s gone %.1f ms after its runsc exited; files removed", sandbox_id,
+                          (time.monotonic() - started) * 1000)
+                return True
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(REAP_INTERVAL_S)
+        log.debug("sandbox=%s processes still there after %.1f s; runsc delete", sandbox_id, wait_s)
+        await self.delete(sandbox_id)
+        return False
+
     def reap_orphans(self) -> int:
         """Reap runsc helpers orphaned to this process (after a sandbox's runsc exited)."""
         return reap_orphans()
 
-    def forget(self, sandbox_id: str) -> list[str]:
+    def forget(self, sandbox_id: str, *, quiet: bool = False) -> list[str]:
         """Remove what runsc left of a sandbox whose processes are gone: a ``runsc run`` killed
         while it created its container can leave a lock file that ``delete`` (no state: "does
-        not exist") never removes.  Only files named after the id, in our own ``--root``."""
+        not exist") never removes.  Only files named after the id, in our own ``--root``.
+        ``quiet``: they are expected (``discard_exited``), not leftovers worth a warning."""
         runsc_argv.check_sandbox_id(sandbox_id)
         removed = []
         names = (f"{sandbox_id}_sandbox:{sandbox_id}.lock", f"{sandbox_id}_sandbox:{sandbox_id}.state",
@@ -175,7 +205,7 @@ class RunscRuntime:
             if path.is_file() or path.is_socket():
                 path.unlink(missing_ok=True)
                 removed.append(path.name)
-        if removed:
+        if removed and not quiet:
             log.warning("sandbox=%s removed runsc leftovers: %s", sandbox_id, ", ".join(removed))
         return removed
 

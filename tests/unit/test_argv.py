@@ -283,3 +283,41 @@ def test_spawning_a_missing_runsc_names_the_binary(tmp_path):
     problem = runtime._spawn_problem(FileNotFoundError(2, "No such file or directory"))
     assert problem.startswith(f"the runsc binary {missing} is missing or not executable (No such file or directory)")
     assert "SANDBOX_RUNSC" in problem
+
+
+def runsc_files(root: pathlib.Path, sandbox_id: str) -> list[pathlib.Path]:
+    names = (f"{sandbox_id}_sandbox:{sandbox_id}.lock", f"{sandbox_id}_sandbox:{sandbox_id}.state",
+             f"runsc-{sandbox_id}.sock")
+    for name in names:
+        (root / name).write_text("")
+    return [root / name for name in names]
+
+
+async def test_an_exited_restored_container_is_discarded_without_runsc(tmp_path, caplog):
+    """Its processes gone, its three files are all that is left: removed, quietly, and the
+    runsc binary (here one that would fail) never runs."""
+    from orchestrator.runtime.runsc import RunscRuntime
+
+    runtime = RunscRuntime(RunscConfig(binary=pathlib.Path("/bin/false"), root=tmp_path))
+    files = runsc_files(tmp_path, "sb-1")
+    other = runsc_files(tmp_path, "sb-2")
+    assert await runtime.discard_exited("sb-1", lambda: True) is True
+    assert not any(path.exists() for path in files) and all(path.exists() for path in other)
+    assert "leftovers" not in caplog.text
+
+
+async def test_a_container_whose_processes_stay_is_deleted_by_runsc(tmp_path):
+    calls = []
+
+    async def delete(sandbox_id, **_):
+        calls.append(sandbox_id)
+
+    from orchestrator.runtime.runsc import RunscRuntime
+
+    runtime = RunscRuntime(RunscConfig(binary=BIN, root=tmp_path))
+    runtime.delete = delete
+    files = runsc_files(tmp_path, "sb-1")
+    checks = []
+    assert await runtime.discard_exited("sb-1", lambda: checks.append(1) and False, wait_s=0.05) is False
+    assert calls == ["sb-1"] and len(checks) >= 2  # it waited, then asked runsc
+    assert all(path.exists() for path in files)  # runsc's delete is what removes them then
