@@ -203,7 +203,10 @@ def derive_capacity(host: HostCapacity, sandbox_memory_bytes: int, total_memory_
 
     - ``max_concurrency``: 4 per CPU (a run mostly waits: for its sandbox to start, for I/O,
       for the client), at most what the sandboxes' memory budget holds at their limit;
-    - ``start_parallelism``: one start (boot or restore) per CPU: a start keeps one busy;
+    - ``start_parallelism``: three starts (boots or restores) per two CPUs, rounded up: a
+      restore keeps a CPU only partly busy (with one start per CPU, 2 CPUs under a 4-client
+      hello load sat ~20% idle; with three, hello went from ~12.9 to ~14.6 runs/s, pandas and
+      the mix stayed within noise of their rates);
     - ``pool_boot_parallelism``: half the CPUs boot pool members, so requests keep the rest;
     - ``pool_size``: one warm sandbox per CPU and profile, at most 8.
     """
@@ -211,7 +214,7 @@ def derive_capacity(host: HostCapacity, sandbox_memory_bytes: int, total_memory_
     by_memory = max(1, budget // max(1, sandbox_memory_bytes))
     return {
         "max_concurrency": max(1, min(256, 4 * host.cpus, by_memory)),
-        "start_parallelism": max(1, min(64, host.cpus)),
+        "start_parallelism": max(1, min(64, (3 * host.cpus + 1) // 2)),
         "pool_boot_parallelism": max(1, min(32, host.cpus // 2)),
         "pool_size": max(1, min(8, host.cpus)),
     }

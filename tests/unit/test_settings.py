@@ -29,11 +29,11 @@ def test_defaults_from_an_empty_environment():
 
 
 @pytest.mark.parametrize(("cpus", "memory_gib", "expected"), [
-    (1, 8, {"max_concurrency": 4, "start_parallelism": 1, "pool_boot_parallelism": 1, "pool_size": 1}),
-    (2, 24, {"max_concurrency": 8, "start_parallelism": 2, "pool_boot_parallelism": 1, "pool_size": 2}),
-    (16, 64, {"max_concurrency": 64, "start_parallelism": 16, "pool_boot_parallelism": 8, "pool_size": 8}),
+    (1, 8, {"max_concurrency": 4, "start_parallelism": 2, "pool_boot_parallelism": 1, "pool_size": 1}),
+    (2, 24, {"max_concurrency": 8, "start_parallelism": 3, "pool_boot_parallelism": 1, "pool_size": 2}),
+    (16, 64, {"max_concurrency": 64, "start_parallelism": 24, "pool_boot_parallelism": 8, "pool_size": 8}),
     # memory caps concurrency: 80% of 2 GiB holds six sandboxes at the default 256m limit
-    (16, 2, {"max_concurrency": 6, "start_parallelism": 16, "pool_boot_parallelism": 8, "pool_size": 8}),
+    (16, 2, {"max_concurrency": 6, "start_parallelism": 24, "pool_boot_parallelism": 8, "pool_size": 8}),
 ])
 def test_capacity_defaults_scale_with_the_host(cpus, memory_gib, expected):
     settings = Settings.from_env({}, HostCapacity(cpus=cpus, memory_bytes=memory_gib * 1024**3))
