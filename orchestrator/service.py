@@ -387,10 +387,10 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
             log.warning("reaped leftovers of an earlier run: %s", ", ".join(reaped))
     seccomp = load_profile(settings.runsc.seccomp_profile) if settings.runsc.enable_seccomp else None
     meminfo_file = None
-    if isinstance(runtime, RunscRuntime):
-        if cgroups is None or not runtime.config.knows("ignore-cgroups"):
+    if isinstance(runtime, RunscRuntime) and runtime.config.join_cgroups:
+        if cgroups is None:  # nothing of ours to join: runsc keeps its own handling
             runtime = RunscRuntime(dataclasses.replace(runtime.config, join_cgroups=False))
-        if runtime.config.join_cgroups:
+        else:
             meminfo_file = await asyncio.to_thread(meminfo.write, settings.state_dir, settings.limits.memory_bytes)
     host = SandboxHost(runtime=runtime, cgroups=cgroups, state_dir=settings.state_dir,
                        uid=settings.sandbox_uid, gid=settings.sandbox_gid, limits=settings.limits,

@@ -362,7 +362,8 @@ class Cgroups:
 
     def kill_tasks(self, sandbox_id: str, rounds: int = 3) -> int:
         """SIGKILL every process in the sandbox's cgroup (runsc's sandbox and gofer processes and
-        their stubs: ``runsc run`` itself is not in it) and return how many were signalled.  For
+        their stubs, and ``runsc run`` itself where the start wrapper joined the cgroups) and
+        return how many were signalled.  For
         a sandbox ``runsc kill`` cannot reach: a stopped (SIGSTOP) sandbox never answers it, and
         without the runsc binary there is no ``runsc kill`` at all.  A few rounds, for tasks
         forked while the first were killed."""

@@ -41,7 +41,6 @@ from __future__ import annotations
 import pathlib
 import re
 import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 SANDBOX_ID = re.compile(r"[\w+.-]{1,128}", re.ASCII)  # as runsc's own check; used with fullmatch
