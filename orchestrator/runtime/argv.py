@@ -175,7 +175,7 @@ def restore_argv(config: RunscConfig, sandbox_id: str, bundle: pathlib.Path, ima
                  log_file: pathlib.Path, join: JoinCgroups | None = None) -> list[str]:
     """``runsc restore``: a new sandbox from ``image_dir`` under a new id, attached like ``run``
     (exits with the restored process's status).  Unlike ``run`` it leaves the stopped
-    container behind: delete it after the exit."""
+    container behind: remove it after the exit (``RunscRuntime.discard_exited``)."""
     argv = [str(config.binary), *global_flags(config, log_file=log_file), "restore",
             f"--image-path={image_dir}", f"--bundle={bundle}", check_sandbox_id(sandbox_id)]
     return _wrap_start(config, argv, join)

@@ -106,7 +106,8 @@ class RunscRuntime:
                       stdin: int, stdout: int, stderr: int, join: JoinCgroups | None = None
                       ) -> asyncio.subprocess.Process:
         """``runsc restore`` from ``image_dir`` in the background, with new stdio; the returned
-        process exits with the restored sandbox.  Delete the container after that."""
+        process exits with the restored sandbox.  Remove the container after that
+        (``discard_exited``, or ``delete`` while processes remain)."""
         argv = runsc_argv.restore_argv(self.config, sandbox_id, bundle, image_dir, log_file, join)
         return await self._spawn(argv, "restore", sandbox_id, stdin=stdin, stdout=stdout, stderr=stderr)
 
