@@ -151,6 +151,15 @@ async def test_oversized_result_is_an_output_limit_not_an_internal_error(service
     assert "result passed" in result["stderr"] and result["result"] is None
 
 
+def with_descendants(process: psutil.Process) -> list[psutil.Process]:
+    """The process and all its descendants, or only itself when one of them exited while
+    psutil walked the tree (a pool member restored or discarded meanwhile)."""
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return [process]
+
+
 async def test_the_oom_killer_prefers_the_sandbox_over_the_service(make_service):
     """A limit above the sandbox's own (a systemd unit's MemoryMax=, the host) makes the kernel
     choose a victim among all tasks: it must be untrusted code, never the service."""
@@ -164,7 +173,7 @@ async def test_the_oom_killer_prefers_the_sandbox_over_the_service(make_service)
             # the sandbox and the gofer (with their children); not the `runsc run`/`wait` CLI,
             # which is the service's own helper
             if f"--root={runsc_root}" in cmdline and cmdline[0] in ("runsc-sandbox", "runsc-gofer"):
-                for each in [process, *process.children(recursive=True)]:
+                for each in with_descendants(process):
                     try:
                         seen[(each.pid, cmdline[0])] = int(pathlib.Path(f"/proc/{each.pid}/oom_score_adj").read_text())
                     except (OSError, psutil.Error):
@@ -216,7 +225,7 @@ async def test_every_host_process_of_a_sandbox_lives_in_its_cgroup_from_birth(ma
                 continue
             if cmdline[0] in ("sh", "unshare"):
                 continue  # a start wrapper of the next sandbox, before it joined and became runsc
-            for each in [process, *process.children(recursive=True)]:
+            for each in with_descendants(process):
                 try:
                     placed[each.pid] = cgroups_by_controller(each.pid)
                 except OSError:
