@@ -1,13 +1,16 @@
 """What the benchmark reads from and tidies on the host: the memory of our idle sandboxes,
-runsc processes, containers left under our ``--root``s, and our cgroup parent."""
+runsc processes, the host's busy CPU time, containers left under our ``--root``s, and our
+cgroup parent."""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import pathlib
 import subprocess
+import urllib.parse
 
 import psutil
 
@@ -60,6 +63,29 @@ def sandbox_pss_mb(state_dir: pathlib.Path) -> dict[str, list[float]]:
                 pss += member.memory_full_info().pss
         per_profile.setdefault(_profile_of(state_dir, sandbox_id), []).append(pss / 2**20)
     return per_profile
+
+
+def busy_cpu_s(times) -> float:
+    """Busy CPU seconds in psutil's ``cpu_times()``: user, nice, system, irq and softirq (not
+    idle or iowait; not steal, the hypervisor's; guest time is already inside user)."""
+    return sum(getattr(times, field, 0.0) for field in ("user", "nice", "system", "irq", "softirq"))
+
+
+def host_busy_cpu_s() -> float:
+    """The whole host's busy CPU seconds since boot, summed over its CPUs."""
+    return busy_cpu_s(psutil.cpu_times())
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names this host (a loopback address or ``localhost``): only then does the
+    host's CPU time say anything about what the endpoint spends."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def count_runsc_processes() -> int:

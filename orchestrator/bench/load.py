@@ -4,7 +4,9 @@ one answers, for a fixed time, cycling through a scenario's mix of kinds.
 The clients share one cycle of ``Scenario.order()``, so the runs sent follow the mix's weights
 whatever each kind's latency.  Once the time is up no client sends again; the runs still in
 flight are awaited and counted, and the wall time runs to the last answer, so runs/s is
-successful runs over the time it took to get them.
+successful runs over the time it took to get them.  ``cpu_clock`` (the host's busy CPU
+seconds, ``host.host_busy_cpu_s``) is read at both ends of that same span, for the CPU a run
+costs the host.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 
 import aiohttp
 
@@ -21,11 +24,12 @@ from orchestrator.bench.scenario import Scenario
 
 
 async def closed_loop(session: aiohttp.ClientSession, url: str, scenario: Scenario, *, clients: int,
-                      duration_s: float) -> ScenarioRun:
+                      duration_s: float, cpu_clock: Callable[[], float | None] | None = None) -> ScenarioRun:
     if clients < 1 or duration_s <= 0:
         raise ValueError(f"closed loop: needs clients >= 1 and a duration > 0, not {clients} and {duration_s}")
     cycle = itertools.cycle(scenario.order())
     kinds = {name: Measurement() for name in scenario.kinds}
+    cpu_before = cpu_clock() if cpu_clock is not None else None
     started = time.perf_counter()
     stop_at = started + duration_s
 
@@ -38,4 +42,6 @@ async def closed_loop(session: aiohttp.ClientSession, url: str, scenario: Scenar
         for _ in range(clients):
             group.create_task(client())
     wall_s = time.perf_counter() - started
-    return ScenarioRun(scenario.name, clients, duration_s, round(wall_s, 3), kinds)
+    cpu_after = cpu_clock() if cpu_clock is not None else None
+    host_cpu_s = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
+    return ScenarioRun(scenario.name, clients, duration_s, round(wall_s, 3), kinds, host_cpu_s=host_cpu_s)

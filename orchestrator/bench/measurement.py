@@ -96,6 +96,7 @@ class ScenarioRun:
     kinds: dict[str, Measurement]
     notes: list[str] = field(default_factory=list)
     status_after: dict | None = None  # the endpoint's /status once the scenario ended (ours)
+    host_cpu_s: float | None = None  # busy CPU time of the whole host over the same span (local endpoints)
 
     @property
     def ok(self) -> int:
@@ -111,6 +112,13 @@ class ScenarioRun:
             return None
         ok = self.ok if kind is None else len(self.kinds[kind].samples_ms)
         return ok / self.wall_s
+
+    def host_cpu_ms_per_run(self) -> float | None:
+        """The host's busy CPU time per successful run (everything on the host: the endpoint,
+        its sandboxes, the benchmark's own clients, any other load)."""
+        if self.host_cpu_s is None or self.ok == 0:
+            return None
+        return self.host_cpu_s * 1000 / self.ok
 
     def served(self) -> dict[str, int]:
         total: dict[str, int] = {}

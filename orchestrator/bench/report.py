@@ -71,6 +71,7 @@ def summarize_scenario(run: ScenarioRun) -> dict:
     return {"label": scenario.label, "mix": dict(scenario.mix), "clients": run.clients,
             "duration_s": run.duration_s, "wall_s": run.wall_s, "runs": run.ok + run.failed, "ok": run.ok,
             "failed": run.failed, "runs_per_s": None if rate is None else round(rate, 3), "served": run.served(),
+            "host_cpu_ms_per_run": None if (cpu := run.host_cpu_ms_per_run()) is None else round(cpu, 1),
             "notes": list(run.notes), "status_after": run.status_after, "kinds": kinds}
 
 
@@ -103,8 +104,8 @@ def compare_workloads(workloads: Mapping[str, dict], other: Mapping[str, dict]) 
 
 
 def compare_scenarios(ours: Mapping[str, dict], other: Mapping[str, dict]) -> list[dict]:
-    """For each scenario run on both: our runs/s / theirs, and per kind their p50 / ours (above
-    1: ours is better)."""
+    """For each scenario run on both: our runs/s / theirs, their host CPU per run / ours, and per
+    kind their p50 / ours (above 1: ours is better)."""
     rows = []
     for name in SCENARIOS:
         if name not in ours or name not in other:
@@ -116,6 +117,7 @@ def compare_scenarios(ours: Mapping[str, dict], other: Mapping[str, dict]) -> li
             kinds.append({"kind": kind, "ours_p50": p50, "other_p50": other_p50, "p50_ratio": _ratio(other_p50, p50)})
         rows.append({"scenario": name, "ours_runs_per_s": mine["runs_per_s"], "other_runs_per_s": theirs["runs_per_s"],
                      "runs_per_s_ratio": _ratio(mine["runs_per_s"], theirs["runs_per_s"]),
+                     "host_cpu_ratio": _ratio(theirs.get("host_cpu_ms_per_run"), mine.get("host_cpu_ms_per_run")),
                      "ours_failed": mine["failed"], "other_failed": theirs["failed"], "kinds": kinds})
     return rows
 

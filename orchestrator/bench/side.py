@@ -139,12 +139,14 @@ async def sustained_scenarios(session: aiohttp.ClientSession, url: str, plan: Pl
             notes.append(f"{plan.settle_s:g} s pause before (no pool state to wait for)")
         log.info("%s: %s, %d clients in a closed loop for %g s", side.target, scenario.label, plan.clients,
                  plan.duration_s)
-        run = await closed_loop(session, url, scenario, clients=plan.clients, duration_s=plan.duration_s)
+        run = await closed_loop(session, url, scenario, clients=plan.clients, duration_s=plan.duration_s,
+                                cpu_clock=host.host_busy_cpu_s if host.is_loopback(url) else None)
         run.notes += notes
         run.status_after = await service_status(session, url) if has_pools else None
         side.sustained[scenario.name] = run
-        log.info("%s: %s: %.2f runs/s, %d failed, served %s", side.target, scenario.label, run.runs_per_s() or 0,
-                 run.failed, run.served())
+        cpu = run.host_cpu_ms_per_run()
+        log.info("%s: %s: %.2f runs/s, %d failed, served %s%s", side.target, scenario.label, run.runs_per_s() or 0,
+                 run.failed, run.served(), "" if cpu is None else f", host CPU {cpu:.0f} ms per run")
 
 
 # -- our own service --------------------------------------------------------------------------------

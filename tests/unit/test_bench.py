@@ -28,11 +28,11 @@ def make_doc(samples: dict[str, list[float]] | None = None, *, compare: dict | N
 
 
 def scenario_run(name: str, wall_s: float, kinds: dict[str, tuple[list[float], int]],
-                 served: dict[str, dict[str, int]] | None = None) -> ScenarioRun:
+                 served: dict[str, dict[str, int]] | None = None, host_cpu_s: float | None = None) -> ScenarioRun:
     """``kinds``: kind -> (latencies of the successful runs, failed runs)."""
     return ScenarioRun(name, clients=4, duration_s=wall_s, wall_s=wall_s, kinds={
         kind: Measurement(samples_ms=list(samples), errors=failed, served=dict((served or {}).get(kind, {})))
-        for kind, (samples, failed) in kinds.items()})
+        for kind, (samples, failed) in kinds.items()}, host_cpu_s=host_cpu_s)
 
 
 def target(doc: dict, name_start: str) -> dict:
@@ -95,6 +95,25 @@ def test_scenario_run_accounting():
     assert run.runs_per_s() == 9.8 and run.runs_per_s("pandas") == 2.8
     assert run.served() == {"booted": 5, "restored": 25, "warm": 70}
     assert ScenarioRun("hello", 4, 1.0, 0.0, {"hello": Measurement()}).runs_per_s() is None
+    # The host's CPU over the scenario, per successful run; none measured or no success: none.
+    assert run.host_cpu_ms_per_run() is None
+    run.host_cpu_s = 14.7
+    assert run.host_cpu_ms_per_run() == pytest.approx(150.0)
+    assert scenario_run("hello", 1.0, {"hello": ([], 3)}, host_cpu_s=2.0).host_cpu_ms_per_run() is None
+
+
+def test_host_busy_cpu_counts_work_not_idle_waiting_or_steal():
+    class Times:  # psutil's cpu_times() fields on Linux
+        user, nice, system, idle, iowait, irq, softirq, steal, guest, guest_nice = 10, 1, 5, 100, 7, 0.5, 1.5, 9, 3, 0
+    assert host.busy_cpu_s(Times) == 18.0
+    assert host.host_busy_cpu_s() > 0
+
+
+def test_only_a_loopback_endpoint_gets_the_hosts_cpu_figure():
+    assert host.is_loopback("http://127.0.0.1:19385") and host.is_loopback("http://127.3.4.5/")
+    assert host.is_loopback("http://localhost:9385") and host.is_loopback("http://[::1]:9385/run")
+    assert not host.is_loopback("http://10.0.0.11:9385") and not host.is_loopback("http://sandbox.example:9385")
+    assert not host.is_loopback("not a url")
 
 
 # -- one side ------------------------------------------------------------------------------------
@@ -115,6 +134,9 @@ def test_scenario_summary():
                                      "node": ([500.0], 0)}, served={"hello": {"warm": 4}, "pandas": {"booted": 3}})
     run.notes.append("a note")
     summary = report.summarize_scenario(run)
+    assert summary["host_cpu_ms_per_run"] is None
+    run.host_cpu_s = 0.35
+    assert report.summarize_scenario(run)["host_cpu_ms_per_run"] == 50.0
     assert summary["label"] == "mix hello 5 : pandas 3 : node 2"
     assert summary["mix"] == {"hello": 5, "pandas": 3, "node": 2}
     assert (summary["runs"], summary["ok"], summary["failed"], summary["runs_per_s"]) == (8, 7, 1, 0.7)
@@ -134,9 +156,9 @@ def test_side_lists_scenarios_in_the_table_order():
 # -- two sides -----------------------------------------------------------------------------------
 
 def test_comparison_orients_every_ratio_so_that_above_one_means_ours_is_better():
-    ours = {"hello": scenario_run("hello", 10.0, {"hello": ([100.0] * 90, 0)}),
+    ours = {"hello": scenario_run("hello", 10.0, {"hello": ([100.0] * 90, 0)}, host_cpu_s=9.0),
             "pandas": scenario_run("pandas", 10.0, {"pandas": ([1000.0] * 25, 0)})}
-    theirs = {"hello": scenario_run("hello", 10.0, {"hello": ([2000.0] * 20, 0)}),
+    theirs = {"hello": scenario_run("hello", 10.0, {"hello": ([2000.0] * 20, 0)}, host_cpu_s=8.0),
               "mix": scenario_run("mix", 10.0, {"hello": ([1.0], 0)})}
     compare = make_side({"hello_warm": [40.0]}, sustained=theirs, target="http://original")
     doc = make_doc({"hello_warm": [10.0], "pandas_warm": [8.0]}, sustained=ours, compare=compare)
@@ -145,6 +167,7 @@ def test_comparison_orients_every_ratio_so_that_above_one_means_ours_is_better()
                                                "ratio": 4.0}]
     (hello,) = doc["comparison"]["sustained"]  # pandas and mix ran on one side only
     assert hello == {"scenario": "hello", "ours_runs_per_s": 9.0, "other_runs_per_s": 2.0, "runs_per_s_ratio": 4.5,
+                     "host_cpu_ratio": 4.0,  # 400 ms of host CPU per run against our 100
                      "ours_failed": 0, "other_failed": 0,
                      "kinds": [{"kind": "hello", "ours_p50": 100.0, "other_p50": 2000.0, "p50_ratio": 20.0}]}
 
@@ -154,7 +177,7 @@ def test_comparison_of_a_side_with_no_successes_has_no_ratio():
     theirs = {"pandas": scenario_run("pandas", 10.0, {"pandas": ([5000.0], 0)})}
     doc = make_doc(sustained=ours, compare=make_side(sustained=theirs))
     (row,) = doc["comparison"]["sustained"]
-    assert row["runs_per_s_ratio"] == 0.0 and row["ours_failed"] == 7
+    assert row["runs_per_s_ratio"] == 0.0 and row["ours_failed"] == 7 and row["host_cpu_ratio"] is None
     assert row["kinds"] == [{"kind": "pandas", "ours_p50": None, "other_p50": 5000.0, "p50_ratio": None}]
 
 
@@ -273,27 +296,28 @@ def test_table_shows_workloads_targets_and_skips():
 
 def test_table_puts_ours_beside_the_compare_endpoint():
     ours = {"hello": scenario_run("hello", 10.0, {"hello": ([100.0] * 90, 0)},
-                                  served={"hello": {"warm": 30, "booted": 60}}),
+                                  served={"hello": {"warm": 30, "booted": 60}}, host_cpu_s=13.5),
             "mix": scenario_run("mix", 10.0, {"hello": ([50.0] * 25, 0), "pandas": ([900.0] * 15, 0),
                                               "node": ([300.0] * 10, 0)},
                                 served={"pandas": {"restored": 15}})}
-    theirs = {"hello": scenario_run("hello", 10.0, {"hello": ([2000.0] * 20, 0)}, served={"hello": {"unknown": 20}})}
+    theirs = {"hello": scenario_run("hello", 10.0, {"hello": ([2000.0] * 20, 0)}, served={"hello": {"unknown": 20}},
+                                    host_cpu_s=8.0)}
     theirs["hello"].kinds["hello"].notes.append("status program_runner_error exit_code -10: Container pool is busy")
     compare = make_side({"hello_warm": [700.0]}, sustained=theirs, target="http://127.0.0.1:19385")
     compare["skipped"].append({"what": "cold workloads", "why": "foreign"})
     text = table.format_table(make_doc({"hello_warm": [7.0]}, sustained=ours, compare=compare))
     lines = text.splitlines()
     assert "compare: http://127.0.0.1:19385" in lines
-    assert "sustained load: closed loop, 4 clients, 10 s per scenario (runs/s: successful runs / wall time)" in text
+    assert "sustained load: closed loop, 4 clients, 10 s per scenario (runs/s: successful runs / wall time; " in text
     ours_hello = next(line for line in lines if line.split()[:2] == ["hello", "ours"])
-    assert ours_hello.split()[2:7] == ["9.00", "0", "100.0", "100.0", "100.0"]
+    assert ours_hello.split()[2:8] == ["9.00", "0", "150.0", "100.0", "100.0", "100.0"]  # CPU ms: 13.5 s / 90
     assert ours_hello.endswith("warm 30, booted 60")
     assert next(line for line in lines if line.split()[:2] == ["hello", "compare"]).endswith("unknown 20")
     ratio = lines[lines.index(ours_hello) + 2]
-    assert ratio.split() == ["ratio", "4.50x", "20.00x"]
+    assert ratio.split() == ["ratio", "4.50x", "2.67x", "20.00x"]  # runs/s, host CPU per run, p50
     assert "mix hello 5 : pandas 3 : node 2" in lines
     mix_all = next(line for line in lines if line.split()[:2] == ["all", "ours"])
-    assert mix_all.split()[2:4] == ["5.00", "0"] and mix_all.endswith("restored 15")
+    assert mix_all.split()[2:5] == ["5.00", "0", "-"] and mix_all.endswith("restored 15")  # no CPU measured
     assert any(line.split()[:3] == ["all", "compare", "not"] for line in lines)  # mix ran on our side only
     assert "/run hello, warm" in text and "100.00x" in text  # idle workloads: 700 / 7
     assert "skipped: compare: cold workloads: foreign" in text

@@ -205,6 +205,25 @@ async def test_closed_loop_keeps_exactly_n_runs_in_flight_and_accounts_for_each(
     assert run.served() == {"warm": sent["hello"], "restored": sent["pandas"], "unknown": sent["node"]}
 
 
+async def test_closed_loop_reads_the_cpu_clock_around_the_whole_run(serve):
+    endpoint = FakeEndpoint(delay_s=0.01)
+    url = await serve(endpoint)
+    readings = iter([100.0, 101.5])
+    read_at = []
+
+    def clock() -> float:
+        read_at.append((time.perf_counter(), len(endpoint.sent)))
+        return next(readings)
+
+    async with aiohttp.ClientSession() as session:
+        run = await closed_loop(session, url, SCENARIOS["hello"], clients=2, duration_s=0.2, cpu_clock=clock)
+        plain = await closed_loop(session, url, SCENARIOS["hello"], clients=1, duration_s=0.05)
+    (_, sent_before), (_, sent_after) = read_at
+    assert sent_before == 0 and sent_after == run.ok > 0  # before the first request, after the last answer
+    assert run.host_cpu_s == 1.5 and run.host_cpu_ms_per_run() == pytest.approx(1500 / run.ok)
+    assert plain.host_cpu_s is None and plain.host_cpu_ms_per_run() is None
+
+
 async def test_closed_loop_with_one_client_is_sequential(serve):
     endpoint = FakeEndpoint(delay_s=0.01)
     url = await serve(endpoint)
