@@ -24,12 +24,12 @@ from orchestrator.bench.scenario import Scenario
 
 
 async def closed_loop(session: aiohttp.ClientSession, url: str, scenario: Scenario, *, clients: int,
-                      duration_s: float, cpu_clock: Callable[[], float | None] | None = None) -> ScenarioRun:
+                      duration_s: float, cpu_clock: Callable[[], float] | None = None) -> ScenarioRun:
     if clients < 1 or duration_s <= 0:
         raise ValueError(f"closed loop: needs clients >= 1 and a duration > 0, not {clients} and {duration_s}")
     cycle = itertools.cycle(scenario.order())
     kinds = {name: Measurement() for name in scenario.kinds}
-    cpu_before = cpu_clock() if cpu_clock is not None else None
+    cpu_before = cpu_clock() if cpu_clock is not None else 0.0
     started = time.perf_counter()
     stop_at = started + duration_s
 
@@ -42,6 +42,5 @@ async def closed_loop(session: aiohttp.ClientSession, url: str, scenario: Scenar
         for _ in range(clients):
             group.create_task(client())
     wall_s = time.perf_counter() - started
-    cpu_after = cpu_clock() if cpu_clock is not None else None
-    host_cpu_s = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
+    host_cpu_s = cpu_clock() - cpu_before if cpu_clock is not None else None
     return ScenarioRun(scenario.name, clients, duration_s, round(wall_s, 3), kinds, host_cpu_s=host_cpu_s)

@@ -69,9 +69,7 @@ def _scenario_row(side: str, scenario: dict | None, kind: str | None) -> str:
     """One row: a scenario's totals (``kind`` None) or one kind of it."""
     if scenario is None:
         return f"{'':<16}{kind or 'all':<8}{side:<9}{'not run':>8}"
-    cpu = None
-    if kind is None or len(scenario["mix"]) == 1:
-        cpu = scenario.get("host_cpu_ms_per_run")
+    cpu = scenario.get("host_cpu_ms_per_run") if kind is None or len(scenario["mix"]) == 1 else None
     if kind is None:
         rate, failed, stats, served = scenario["runs_per_s"], scenario["failed"], {}, scenario["served"]
     else:
