@@ -119,11 +119,12 @@ def _wrap_start(config: RunscConfig, argv: list[str], join: JoinCgroups | None) 
         join = None  # runsc joins them itself
     elif join is None:
         raise ValueError("start sandbox: runsc runs with --ignore-cgroups, but no cgroups to join were given")
-    steps = []
+    mounts = []  # made in a private mount namespace of the wrapper's own
     if config.netns_workaround and config.network == "sandbox":
-        steps.append(NETNS_WORKAROUND_STEP)
+        mounts.append(NETNS_WORKAROUND_STEP)
     if join is not None and join.meminfo is not None:
-        steps.append(f"mount --bind {shlex.quote(str(join.meminfo))} /proc/meminfo")
+        mounts.append(f"mount --bind {shlex.quote(str(join.meminfo))} /proc/meminfo")
+    steps = list(mounts)
     if config.oom_score_adj is not None:
         steps.append(oom_score_adj_step(config.oom_score_adj))
     if join is not None:
@@ -132,7 +133,7 @@ def _wrap_start(config: RunscConfig, argv: list[str], join: JoinCgroups | None) 
         return argv
     script = " && ".join([*steps, 'exec "$@"'])
     wrapped = ["sh", "-c", script, "sh", *argv]
-    if any(step.startswith("mount ") for step in steps):
+    if mounts:
         wrapped = ["unshare", "--mount", "--propagation", "private", *wrapped]
     return wrapped
 
