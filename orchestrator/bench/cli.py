@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=4, help="clients in the closed loop (default 4)")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds of quiet before each scenario against an endpoint without pool state")
+    parser.add_argument("--quiet", type=float, default=3.0,
+                        help="seconds, just before each scenario against a local endpoint, over which the host's "
+                             "load with nothing sent is read (default 3; 0: not read)")
     parser.add_argument("--service-env", action="append", type=env_pair, default=[], metavar="SANDBOX_X=V",
                         help="extra setting for the services the benchmark starts (a group's own settings and "
                              "the rate limit 'off' still win)")
@@ -95,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("iterations must be at least 1")
     if args.clients < 1 or args.duration <= 0:
         parser.error("--clients must be at least 1 and --duration above 0")
+    if args.quiet < 0:
+        parser.error("--quiet must be 0 or more")
     groups = set(_names(args.only, GROUPS, "--only", parser) or GROUPS)
     groups -= {"floors"} if args.skip_floors else set()
     groups -= {"cold"} if args.skip_cold else set()
@@ -102,7 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.plan = Plan(groups=frozenset(groups), scenarios=tuple(SCENARIOS[name] for name in dict.fromkeys(scenarios)),
                      clients=args.clients, duration_s=args.duration, iterations=args.iterations,
                      pandas_iterations=args.pandas_iterations, loop_iterations=args.loop_iterations,
-                     pause_s=args.pause, settle_s=args.settle)
+                     pause_s=args.pause, settle_s=args.settle, quiet_s=args.quiet)
     return args
 
 

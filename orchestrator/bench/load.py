@@ -6,7 +6,8 @@ whatever each kind's latency.  Once the time is up no client sends again; the ru
 flight are awaited and counted, and the wall time runs to the last answer, so runs/s is
 successful runs over the time it took to get them.  ``cpu_clock`` (the host's busy CPU
 seconds, ``host.host_busy_cpu_s``) is read at both ends of that same span, for the CPU a run
-costs the host.
+costs the host.  ``quiet_load`` reads the same clock over a window with no request in flight,
+for what the host spends anyway (idle pools, another endpoint, the host itself).
 """
 
 from __future__ import annotations
@@ -44,3 +45,13 @@ async def closed_loop(session: aiohttp.ClientSession, url: str, scenario: Scenar
     wall_s = time.perf_counter() - started
     host_cpu_s = cpu_clock() - cpu_before if cpu_clock is not None else None
     return ScenarioRun(scenario.name, clients, duration_s, round(wall_s, 3), kinds, host_cpu_s=host_cpu_s)
+
+
+async def quiet_load(cpu_clock: Callable[[], float], window_s: float) -> float:
+    """The host's busy CPU in ms per second of wall time over ``window_s`` in which the
+    benchmark sends nothing: the load a scenario starts on."""
+    if window_s <= 0:
+        raise ValueError(f"quiet load: needs a window > 0 s, not {window_s}")
+    before, started = cpu_clock(), time.perf_counter()
+    await asyncio.sleep(window_s)
+    return (cpu_clock() - before) * 1000 / (time.perf_counter() - started)

@@ -97,6 +97,9 @@ class ScenarioRun:
     notes: list[str] = field(default_factory=list)
     status_after: dict | None = None  # the endpoint's /status once the scenario ended (ours)
     host_cpu_s: float | None = None  # busy CPU time of the whole host over the same span (local endpoints)
+    # The host's busy CPU (ms per second) in a quiet window just before the first request:
+    # what it spends with nothing sent (idle pools, any other endpoint; local endpoints)
+    quiet_cpu_ms_per_s: float | None = None
 
     @property
     def ok(self) -> int:

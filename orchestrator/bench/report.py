@@ -72,6 +72,7 @@ def summarize_scenario(run: ScenarioRun) -> dict:
             "duration_s": run.duration_s, "wall_s": run.wall_s, "runs": run.ok + run.failed, "ok": run.ok,
             "failed": run.failed, "runs_per_s": None if rate is None else round(rate, 3), "served": run.served(),
             "host_cpu_ms_per_run": None if (cpu := run.host_cpu_ms_per_run()) is None else round(cpu, 1),
+            "quiet_cpu_ms_per_s": None if run.quiet_cpu_ms_per_s is None else round(run.quiet_cpu_ms_per_s, 1),
             "notes": list(run.notes), "status_after": run.status_after, "kinds": kinds}
 
 

@@ -21,7 +21,7 @@ import aiohttp
 from orchestrator.bench import host
 from orchestrator.bench.client import (BenchError, Gate, pool_state, post_run, request_gate, service_status,
                                        wait_settled)
-from orchestrator.bench.load import closed_loop
+from orchestrator.bench.load import closed_loop, quiet_load
 from orchestrator.bench.measurement import Measurement, ScenarioRun
 from orchestrator.bench.scenario import HELLO, KINDS, PANDAS, Kind, Scenario
 from orchestrator.bench.service import own_service
@@ -53,6 +53,7 @@ class Plan:
     loop_iterations: int = 10
     pause_s: float = 1.0  # between idle-host requests to an endpoint without pool state
     settle_s: float = 5.0  # before each scenario against an endpoint without pool state
+    quiet_s: float = 3.0  # the host's load with nothing sent, read just before each scenario (0: not read)
 
     def has(self, group: str) -> bool:
         return group in self.groups
@@ -128,7 +129,8 @@ async def sustained_scenarios(session: aiohttp.ClientSession, url: str, plan: Pl
                               has_pools: bool) -> None:
     """Each scenario from a settled endpoint: ours at rest (``client.is_settled``: pools full,
     no snapshot being made; waited for, noted when it does not come), or ``plan.settle_s`` of
-    quiet for an endpoint without pool state."""
+    quiet for an endpoint without pool state.  Then, for a local endpoint, ``plan.quiet_s`` more
+    with nothing sent, to read the load the scenario starts on (``load.quiet_load``)."""
     for scenario in plan.scenarios:
         notes = []
         if has_pools:
@@ -137,16 +139,21 @@ async def sustained_scenarios(session: aiohttp.ClientSession, url: str, plan: Pl
         else:
             await asyncio.sleep(plan.settle_s)
             notes.append(f"{plan.settle_s:g} s pause before (no pool state to wait for)")
+        local = host.is_loopback(url)
+        quiet = await quiet_load(host.host_busy_cpu_s, plan.quiet_s) if local and plan.quiet_s > 0 else None
         log.info("%s: %s, %d clients in a closed loop for %g s", side.target, scenario.label, plan.clients,
                  plan.duration_s)
         run = await closed_loop(session, url, scenario, clients=plan.clients, duration_s=plan.duration_s,
-                                cpu_clock=host.host_busy_cpu_s if host.is_loopback(url) else None)
+                                cpu_clock=host.host_busy_cpu_s if local else None)
+        run.quiet_cpu_ms_per_s = quiet
         run.notes += notes
         run.status_after = await service_status(session, url) if has_pools else None
         side.sustained[scenario.name] = run
         cpu = run.host_cpu_ms_per_run()
-        log.info("%s: %s: %.2f runs/s, %d failed, served %s%s", side.target, scenario.label, run.runs_per_s() or 0,
-                 run.failed, run.served(), "" if cpu is None else f", host CPU {cpu:.0f} ms per run")
+        cpu_text = "" if cpu is None else f", host CPU {cpu:.0f} ms per run"
+        quiet_text = "" if quiet is None else f" ({quiet:.0f} ms/s before, with nothing sent)"
+        log.info("%s: %s: %.2f runs/s, %d failed, served %s%s%s", side.target, scenario.label,
+                 run.runs_per_s() or 0, run.failed, run.served(), cpu_text, quiet_text)
 
 
 # -- our own service --------------------------------------------------------------------------------

@@ -69,7 +69,9 @@ def _scenario_row(side: str, scenario: dict | None, kind: str | None) -> str:
     """One row: a scenario's totals (``kind`` None) or one kind of it."""
     if scenario is None:
         return f"{'':<16}{kind or 'all':<8}{side:<9}{'not run':>8}"
-    cpu = scenario.get("host_cpu_ms_per_run") if kind is None or len(scenario["mix"]) == 1 else None
+    totals = kind is None or len(scenario["mix"]) == 1
+    cpu = scenario.get("host_cpu_ms_per_run") if totals else None
+    quiet = scenario.get("quiet_cpu_ms_per_s") if totals else None
     if kind is None:
         rate, failed, stats, served = scenario["runs_per_s"], scenario["failed"], {}, scenario["served"]
     else:
@@ -77,7 +79,7 @@ def _scenario_row(side: str, scenario: dict | None, kind: str | None) -> str:
         rate, failed, stats, served = entry.get("runs_per_s"), entry.get("errors"), entry, entry.get("served", {})
     percentiles = " ".join(f"{_ms(stats.get(p)):>9}" for p in ("p50", "p95", "p99"))
     return (f"{'':<16}{kind or 'all':<8}{side:<9}{_rate(rate):>8} {'-' if failed is None else failed:>6} "
-            f"{_ms(cpu):>8} {percentiles}  {format_served(served)}")
+            f"{_ms(cpu):>8} {_ms(quiet):>8} {percentiles}  {format_served(served)}")
 
 
 def _sustained_lines(doc: dict) -> list[str]:
@@ -87,11 +89,12 @@ def _sustained_lines(doc: dict) -> list[str]:
         return []
     first = ours.get(names[0]) or other[names[0]]
     compared = {row["scenario"]: row for row in (doc["comparison"] or {}).get("sustained", [])}
-    head = (f"{'scenario':<16}{'kind':<8}{'side':<9}{'runs/s':>8} {'failed':>6} {'CPU ms':>8} {'p50 ms':>9} "
-            f"{'p95 ms':>9} {'p99 ms':>9}  served")
+    head = (f"{'scenario':<16}{'kind':<8}{'side':<9}{'runs/s':>8} {'failed':>6} {'CPU ms':>8} {'quiet':>8} "
+            f"{'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}  served")
     lines = [f"sustained load: closed loop, {first['clients']} clients, {first['duration_s']:g} s per scenario "
              f"(runs/s: successful runs / wall time; CPU ms: the host's busy CPU time per successful run, "
-             f"everything on it included, local endpoints only)", head, "-" * len(head)]
+             f"everything on it included; quiet: the host's busy CPU in ms per second just before the "
+             f"scenario, with nothing sent; both for local endpoints only)", head, "-" * len(head)]
     sides = [("ours", ours)] + ([("compare", other)] if doc["compare"] else [])
     for name in names:
         scenario = ours.get(name) or other[name]
@@ -108,7 +111,7 @@ def _sustained_lines(doc: dict) -> list[str]:
             else:
                 rate, cpu = "", ""
             p50 = next((_times(entry["p50_ratio"]) for entry in row["kinds"] if entry["kind"] == kind), "")
-            lines.append(f"{'':<16}{'':<8}{'ratio':<9}{rate:>8} {'':>6} {cpu:>8} {p50:>9}")
+            lines.append(f"{'':<16}{'':<8}{'ratio':<9}{rate:>8} {'':>6} {cpu:>8} {'':>8} {p50:>9}")
     if doc["compare"]:
         lines.append("  ratio: runs/s ours / compare, CPU ms and p50 compare / ours (above 1: ours is better)")
     for side, scenarios in sides:

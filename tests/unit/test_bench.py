@@ -135,8 +135,10 @@ def test_scenario_summary():
     run.notes.append("a note")
     summary = report.summarize_scenario(run)
     assert summary["host_cpu_ms_per_run"] is None
-    run.host_cpu_s = 0.35
+    assert summary["quiet_cpu_ms_per_s"] is None
+    run.host_cpu_s, run.quiet_cpu_ms_per_s = 0.35, 87.06
     assert report.summarize_scenario(run)["host_cpu_ms_per_run"] == 50.0
+    assert report.summarize_scenario(run)["quiet_cpu_ms_per_s"] == 87.1
     assert summary["label"] == "mix hello 5 : pandas 3 : node 2"
     assert summary["mix"] == {"hello": 5, "pandas": 3, "node": 2}
     assert (summary["runs"], summary["ok"], summary["failed"], summary["runs_per_s"]) == (8, 7, 1, 0.7)
@@ -302,6 +304,7 @@ def test_table_puts_ours_beside_the_compare_endpoint():
                                 served={"pandas": {"restored": 15}})}
     theirs = {"hello": scenario_run("hello", 10.0, {"hello": ([2000.0] * 20, 0)}, served={"hello": {"unknown": 20}},
                                     host_cpu_s=8.0)}
+    ours["hello"].quiet_cpu_ms_per_s = 42.04
     theirs["hello"].kinds["hello"].notes.append("status program_runner_error exit_code -10: Container pool is busy")
     compare = make_side({"hello_warm": [700.0]}, sustained=theirs, target="http://127.0.0.1:19385")
     compare["skipped"].append({"what": "cold workloads", "why": "foreign"})
@@ -310,14 +313,17 @@ def test_table_puts_ours_beside_the_compare_endpoint():
     assert "compare: http://127.0.0.1:19385" in lines
     assert "sustained load: closed loop, 4 clients, 10 s per scenario (runs/s: successful runs / wall time; " in text
     ours_hello = next(line for line in lines if line.split()[:2] == ["hello", "ours"])
-    assert ours_hello.split()[2:8] == ["9.00", "0", "150.0", "100.0", "100.0", "100.0"]  # CPU ms: 13.5 s / 90
+    # CPU ms: 13.5 s / 90; quiet: 42.0 ms/s before the scenario
+    assert ours_hello.split()[2:9] == ["9.00", "0", "150.0", "42.0", "100.0", "100.0", "100.0"]
+    assert next(line for line in lines if line.split()[:2] == ["hello", "compare"]).split()[2:5] == \
+        ["2.00", "0", "400.0"] and "quiet: the host's busy CPU in ms per second" in text
     assert ours_hello.endswith("warm 30, booted 60")
     assert next(line for line in lines if line.split()[:2] == ["hello", "compare"]).endswith("unknown 20")
     ratio = lines[lines.index(ours_hello) + 2]
     assert ratio.split() == ["ratio", "4.50x", "2.67x", "20.00x"]  # runs/s, host CPU per run, p50
     assert "mix hello 5 : pandas 3 : node 2" in lines
     mix_all = next(line for line in lines if line.split()[:2] == ["all", "ours"])
-    assert mix_all.split()[2:5] == ["5.00", "0", "-"] and mix_all.endswith("restored 15")  # no CPU measured
+    assert mix_all.split()[2:6] == ["5.00", "0", "-", "-"] and mix_all.endswith("restored 15")  # no CPU measured
     assert any(line.split()[:3] == ["all", "compare", "not"] for line in lines)  # mix ran on our side only
     assert "/run hello, warm" in text and "100.00x" in text  # idle workloads: 700 / 7
     assert "skipped: compare: cold workloads: foreign" in text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import dataclasses
 import itertools
 import json
 import shutil
@@ -21,7 +22,7 @@ from aiohttp.test_utils import TestServer
 
 from orchestrator.bench import cli
 from orchestrator.bench.client import is_settled, judge, post_run, runner_ms, served_by
-from orchestrator.bench.load import closed_loop
+from orchestrator.bench.load import closed_loop, quiet_load
 from orchestrator.bench.scenario import HELLO, KINDS, NODE, PANDAS, SCENARIOS, Scenario
 from orchestrator.bench.side import Plan, Side, sustained_scenarios
 
@@ -224,6 +225,16 @@ async def test_closed_loop_reads_the_cpu_clock_around_the_whole_run(serve):
     assert plain.host_cpu_s is None and plain.host_cpu_ms_per_run() is None
 
 
+async def test_quiet_load_reads_the_cpu_clock_around_a_window_with_nothing_sent():
+    readings = iter([10.0, 10.3])
+    started = time.perf_counter()
+    load = await quiet_load(lambda: next(readings), 0.2)
+    took = time.perf_counter() - started
+    assert 0.2 <= took and load == pytest.approx(300 / took, rel=0.01)  # 0.3 s of CPU over the window
+    with pytest.raises(ValueError, match="window"):
+        await quiet_load(lambda: 0.0, 0)
+
+
 async def test_closed_loop_with_one_client_is_sequential(serve):
     endpoint = FakeEndpoint(delay_s=0.01)
     url = await serve(endpoint)
@@ -238,12 +249,19 @@ async def test_closed_loop_with_one_client_is_sequential(serve):
 async def test_scenarios_wait_for_quiet_and_note_it(serve):
     plain, pooled = FakeEndpoint(delay_s=0), FakeEndpoint(delay_s=0, pools=True)
     plan = Plan(groups=frozenset({"sustained"}), scenarios=(SCENARIOS["hello"], SCENARIOS["mix"]), clients=2,
-                duration_s=0.1, settle_s=0.05)
+                duration_s=0.1, settle_s=0.05, quiet_s=0.05)
     side, ours = Side("foreign"), Side("ours")
     async with aiohttp.ClientSession() as session:
         await sustained_scenarios(session, await serve(plain), plan, side, has_pools=False)
         await sustained_scenarios(session, await serve(pooled), plan, ours, has_pools=True)
+        unread = Side("unread")
+        await sustained_scenarios(session, await serve(plain), dataclasses.replace(plan, quiet_s=0), unread,
+                                  has_pools=False)
     assert list(side.sustained) == ["hello", "mix"]
+    # a local endpoint: the host's load before each scenario was read (a real clock: some CPU went)
+    assert all(run.quiet_cpu_ms_per_s is not None and run.quiet_cpu_ms_per_s >= 0
+               for run in [*side.sustained.values(), *ours.sustained.values()])
+    assert all(run.quiet_cpu_ms_per_s is None for run in unread.sustained.values())
     assert side.sustained["hello"].notes == ["0.05 s pause before (no pool state to wait for)"]
     assert side.sustained["mix"].status_after is None
     assert ours.sustained["mix"].notes == []
@@ -281,7 +299,7 @@ def test_one_invocation_measures_both_sides_and_writes_the_ratios(tmp_path, caps
     out = tmp_path / "results" / "bench.json"
     with ThreadedEndpoint(fast) as ours, ThreadedEndpoint(slow) as theirs:
         code = cli.main(["--url", ours, "--compare-url", theirs, "--only", "sustained", "--scenario", "pandas,mix",
-                         "--duration", "0.3", "--settle", "0", "--json", str(out)])
+                         "--duration", "0.3", "--settle", "0", "--quiet", "0.05", "--json", str(out)])
     assert code == 0
     doc = json.loads(out.read_text())
     assert doc["meta"]["target"] == ours and doc["compare"]["target"] == theirs
@@ -290,6 +308,8 @@ def test_one_invocation_measures_both_sides_and_writes_the_ratios(tmp_path, caps
     assert doc["workloads"] == {} and doc["compare"]["workloads"] == {}
     assert doc["sustained"]["pandas"]["failed"] == 0 and doc["compare"]["sustained"]["pandas"]["failed"] > 0
     assert doc["sustained"]["pandas"]["served"] == {"restored": doc["sustained"]["pandas"]["runs"]}
+    assert all(side["sustained"][name]["quiet_cpu_ms_per_s"] is not None  # both sides are local here
+               for side in (doc, doc["compare"]) for name in ("pandas", "mix"))
     (pandas, mix) = doc["comparison"]["sustained"]
     assert pandas["scenario"] == "pandas" and pandas["runs_per_s_ratio"] > 2  # 10x faster, half of theirs wrong
     assert mix["kinds"][0]["kind"] == "hello" and mix["kinds"][0]["p50_ratio"] > 2
@@ -304,7 +324,7 @@ def test_a_broken_endpoint_stops_its_side_at_the_preflight(tmp_path, capsys):
     out = tmp_path / "bench.json"
     with ThreadedEndpoint(healthy) as ours, ThreadedEndpoint(broken) as theirs:
         code = cli.main(["--url", ours, "--compare-url", theirs, "--only", "sustained", "--scenario", "hello,pandas",
-                         "--duration", "0.2", "--settle", "0", "--json", str(out)])
+                         "--duration", "0.2", "--settle", "0", "--quiet", "0.05", "--json", str(out)])
     assert code == 1
     assert broken.sent == ["hello", "pandas"]  # the preflight, then nothing more
     doc = json.loads(out.read_text())
