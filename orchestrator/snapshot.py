@@ -158,7 +158,9 @@ class KeyInputs:
     """The inputs of a profile's key; ``parts(profile)`` gives the current ones.
 
     ``static`` parts are fixed for the service's life (language definitions, settings); the
-    runsc binary's digest is recomputed only when its identity changes."""
+    runsc binary's digest is recomputed only when its identity changes.  A profile's key is
+    computed again only when the digest changes or ``profile_parts`` gives another object (it
+    keeps returning the same one while its inputs stand): every lease asks for it."""
 
     def __init__(self, runsc_binary: pathlib.Path, runsc_version: str, runsc_flags: list[str],
                  profile_parts: Callable[[ProfileSpec], dict]):
@@ -168,6 +170,7 @@ class KeyInputs:
         self._profile_parts = profile_parts
         self._runsc_identity: tuple | None = None
         self._runsc_digest: str | None = None
+        self._keys: dict[ProfileSpec, tuple[str, dict, str]] = {}  # profile -> (runsc digest, parts, key)
 
     def runsc_digest(self, *, rehash: bool = True) -> str | None:
         """The binary's digest; None when it changed and ``rehash`` is False (hashing ~60 MB
@@ -185,10 +188,15 @@ class KeyInputs:
         digest = self.runsc_digest(rehash=rehash)
         if digest is None:
             return None
-        return image_key({"runsc": {"digest": digest, "version": self.runsc_version,
-                                    "flags": self.runsc_flags},
-                          "profile": {"key": profile.key, "language": profile.language, "preload": profile.preload},
-                          **self._profile_parts(profile)})
+        parts = self._profile_parts(profile)
+        known = self._keys.get(profile)
+        if known is not None and known[0] == digest and known[1] is parts:
+            return known[2]
+        key = image_key({"runsc": {"digest": digest, "version": self.runsc_version, "flags": self.runsc_flags},
+                         "profile": {"key": profile.key, "language": profile.language, "preload": profile.preload},
+                         **parts})
+        self._keys[profile] = (digest, parts, key)
+        return key
 
 
 class SnapshotStore:

@@ -227,6 +227,28 @@ def test_key_inputs_follow_the_runsc_binary_without_hashing_it_on_a_request(tmp_
     assert KeyInputs(binary, "0.0~20240729.0", ["--platform=systrap"], lambda p: {"spec": {"x": 1}}).key(PYTHON) != second
 
 
+def test_key_inputs_compute_a_key_again_only_when_its_parts_change(tmp_path, monkeypatch):
+    binary = tmp_path / "runsc"
+    binary.write_bytes(b"build one")
+    parts = {"python": {"rootfs": ["tree-1"]}, "python_preload": {"rootfs": ["tree-1"]}}
+    inputs = KeyInputs(binary, "0.0~20240729.0", ["--platform=ptrace"], lambda profile: parts[profile.key])
+    preload = ProfileSpec("python_preload", "python", True)
+    first, first_preload = inputs.key(PYTHON), inputs.key(preload)
+    assert first != first_preload  # the profile itself is part of the key
+    computed = []
+    monkeypatch.setattr("orchestrator.snapshot.image_key", lambda value: computed.append(value) or image_key(value))
+    assert [inputs.key(PYTHON) for _ in range(3)] == [first] * 3 and computed == []  # the same parts: no digest
+    parts["python"] = {"rootfs": ["tree-2"]}  # a rebuilt rootfs: profile_parts gives another object
+    second = inputs.key(PYTHON)
+    assert second != first and len(computed) == 1 and inputs.key(PYTHON) == second and len(computed) == 1
+    assert inputs.key(preload) == first_preload and len(computed) == 1  # another profile's parts stood
+    parts["python"] = {"rootfs": ["tree-1"]}  # equal to the first parts again: the first key again
+    assert inputs.key(PYTHON) == first and len(computed) == 2
+    os.utime(binary, ns=(1, 1))
+    binary.write_bytes(b"build two")
+    assert inputs.key(PYTHON) not in (first, second) and len(computed) == 3  # a new binary: a new key
+
+
 async def test_a_pool_waits_for_its_image_instead_of_booting_the_slow_way(host, tmp_path):
     settings = Settings(state_dir=host.state_dir, pool_size=1, pool_sizes={"python_preload": 0, "nodejs": 0,
                                                                            "nodejs_preload": 0})
