@@ -196,14 +196,23 @@ async def test_the_oom_killer_prefers_the_sandbox_over_the_service(make_service)
         assert (await task)["result"]["value"] == "slept"
 
 
-def cgroups_by_controller(pid: int) -> dict[str, str]:
+PF_EXITING = 0x4  # include/linux/sched.h: the task is exiting
+
+
+def cgroups_by_controller(pid: int) -> dict[str, str] | None:
     """/proc/<pid>/cgroup as controller -> path (v1 lines name their controllers; the v2 line
-    has none and is keyed "")."""
+    has none and is keyed ""); None when the task was exiting: the kernel then reports "/" in
+    every v1 hierarchy, whatever cgroup it was in (``proc_cgroup_show``).  Its flags are read
+    after its cgroups, and PF_EXITING is never cleared, so an exit cannot slip in between."""
     placed = {}
     for line in pathlib.Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         for controller in controllers.split(",") if controllers else [""]:
             placed[controller] = path
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    state, *fields = stat[stat.rfind(")") + 2:].split()
+    if state in ("Z", "X") or int(fields[5]) & PF_EXITING:  # fields[5]: stat's 9th field, flags
+        return None
     return placed
 
 
@@ -227,9 +236,11 @@ async def test_every_host_process_of_a_sandbox_lives_in_its_cgroup_from_birth(ma
                 continue  # a start wrapper of the next sandbox, before it joined and became runsc
             for each in with_descendants(process):
                 try:
-                    placed[each.pid] = cgroups_by_controller(each.pid)
+                    placement = cgroups_by_controller(each.pid)
                 except OSError:
-                    pass  # exited meanwhile
+                    continue  # exited meanwhile
+                if placement is not None:  # None: exiting (a helper or stub that is done)
+                    placed[each.pid] = placement
         return placed
 
     task = asyncio.create_task(run(service, "import time\ndef main():\n    time.sleep(3)\n    return 'slept'\n"))
