@@ -131,6 +131,7 @@ async def sustained_scenarios(session: aiohttp.ClientSession, url: str, plan: Pl
     no snapshot being made; waited for, noted when it does not come), or ``plan.settle_s`` of
     quiet for an endpoint without pool state.  Then, for a local endpoint, ``plan.quiet_s`` more
     with nothing sent, to read the load the scenario starts on (``load.quiet_load``)."""
+    local = host.is_loopback(url)
     for scenario in plan.scenarios:
         notes = []
         if has_pools:
@@ -139,7 +140,6 @@ async def sustained_scenarios(session: aiohttp.ClientSession, url: str, plan: Pl
         else:
             await asyncio.sleep(plan.settle_s)
             notes.append(f"{plan.settle_s:g} s pause before (no pool state to wait for)")
-        local = host.is_loopback(url)
         quiet = await quiet_load(host.host_busy_cpu_s, plan.quiet_s) if local and plan.quiet_s > 0 else None
         log.info("%s: %s, %d clients in a closed loop for %g s", side.target, scenario.label, plan.clients,
                  plan.duration_s)

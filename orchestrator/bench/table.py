@@ -65,11 +65,17 @@ def _workload_lines(doc: dict) -> list[str]:
     return lines
 
 
+def _has_totals(scenario: dict, kind: str | None) -> bool:
+    """Whether ``kind``'s row carries the scenario's totals (CPU, quiet, their ratio): the
+    totals row of a mix (``kind`` None), or the only row of a single-kind scenario."""
+    return kind is None or len(scenario["mix"]) == 1
+
+
 def _scenario_row(side: str, scenario: dict | None, kind: str | None) -> str:
     """One row: a scenario's totals (``kind`` None) or one kind of it."""
     if scenario is None:
         return f"{'':<16}{kind or 'all':<8}{side:<9}{'not run':>8}"
-    totals = kind is None or len(scenario["mix"]) == 1
+    totals = _has_totals(scenario, kind)
     cpu = scenario.get("host_cpu_ms_per_run") if totals else None
     quiet = scenario.get("quiet_cpu_ms_per_s") if totals else None
     if kind is None:
@@ -106,7 +112,7 @@ def _sustained_lines(doc: dict) -> list[str]:
             row = compared.get(name)
             if row is None:
                 continue
-            if kind is None or len(scenario["mix"]) == 1:
+            if _has_totals(scenario, kind):
                 rate, cpu = _times(row["runs_per_s_ratio"]), _times(row.get("host_cpu_ratio"))
             else:
                 rate, cpu = "", ""
