@@ -16,7 +16,8 @@ PORT        ?= $(or $(SANDBOX_EXECUTOR_MANAGER_PORT),9385)
 # haproxy: the balancer of deploy/haproxy, used by the multi-node test (tests/cluster).
 # dnsmasq-base: the resolver of egress mode (the binary only: the `dnsmasq` package would also run a
 # system dnsmasq on port 53). Debian's is built with nftset, which the resolver needs.
-APT_PACKAGES := mmdebstrap nftables dnsmasq-base docker.io haproxy
+# erofs-utils: mkfs.erofs, for the sealed images of a rootfs (orchestrator/host/sealed.py).
+APT_PACKAGES := mmdebstrap nftables dnsmasq-base docker.io haproxy erofs-utils
 # bookworm's own runsc (0.0~20221219), extracted by `make setup` for the compatibility tests
 RUNSC_COMPAT_DIR ?= .cache/runsc-compat
 RUNSC_COMPAT := $(RUNSC_COMPAT_DIR)/usr/bin/runsc

@@ -19,6 +19,13 @@ golden files can pin it.  What the process gets:
   a read-only bind of the file naming the service's resolver (``resolv_conf_source``), not the
   rootfs's;
 - optionally a seccomp profile (applied by runsc with ``--oci-seccomp``).
+
+A sealed sandbox (``sealed_image`` set) needs no runsc gofer, and so no gofer process: its
+root is an EROFS image of the rootfs with the runner inside it (``host.sealed`` builds it),
+which the sentry reads itself (runsc's ``dev.gvisor.spec.rootfs.*`` annotations; the spec's
+root path is then an empty directory), and its workspace is a bounded tmpfs inside gVisor,
+owned by the sandbox uid.  Nothing of it is a host directory: the runner writes the source
+and sends the artifacts over the control channel.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ RUNNER_MOUNT = "/opt/sandbox/runner"
 OOM_SCORE_ADJ = 500  # raising needs no privilege; 0 is the service's and the host's default
 RESOLV_CONF = "/etc/resolv.conf"
 NETNS_DIR = "/var/run/netns"  # named network namespaces (iproute2's and pyroute2's convention)
+ROOTFS_SOURCE_ANNOTATION = "dev.gvisor.spec.rootfs.source"  # runsc 20240729+: the sentry mounts it as root
+ROOTFS_TYPE_ANNOTATION = "dev.gvisor.spec.rootfs.type"
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,8 @@ class SpecParams:
     netns_path: str | None = None  # join this network namespace (egress mode) instead of a new one
     resolv_conf_source: str | None = None  # egress mode: the host file bound over /etc/resolv.conf
     annotations: Mapping[str, str] = field(default_factory=dict)
+    sealed_image: str | None = None  # an EROFS image of the rootfs (and runner): the sealed mode above
+    workspace_bytes: int | None = None  # sealed mode: the size of the workspace's tmpfs
 
 
 def build_spec(params: SpecParams) -> dict:
@@ -69,10 +80,20 @@ def build_spec(params: SpecParams) -> dict:
          "options": ["nosuid", "nodev", "mode=1777", f"size={params.tmp_bytes}"]},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": ["nosuid", "nodev", "noexec", "mode=1777", f"size={params.tmp_bytes}"]},
-        {"destination": WORKSPACE, "type": "bind", "source": params.workspace_source,
-         "options": ["rbind", "rw", "nosuid", "nodev"]},
     ]
-    if params.runner_source is not None:
+    annotations = dict(params.annotations)
+    if params.sealed_image is not None:
+        if not params.workspace_bytes:
+            raise ValueError("a sealed sandbox needs workspace_bytes, the size of its workspace's tmpfs")
+        mounts.append({"destination": WORKSPACE, "type": "tmpfs", "source": "tmpfs",
+                       "options": ["nosuid", "nodev", "mode=0755", f"uid={params.uid}", f"gid={params.gid}",
+                                   f"size={params.workspace_bytes}"]})
+        annotations[ROOTFS_SOURCE_ANNOTATION] = params.sealed_image
+        annotations[ROOTFS_TYPE_ANNOTATION] = "erofs"
+    else:
+        mounts.append({"destination": WORKSPACE, "type": "bind", "source": params.workspace_source,
+                       "options": ["rbind", "rw", "nosuid", "nodev"]})
+    if params.runner_source is not None and params.sealed_image is None:
         mounts.append({"destination": RUNNER_MOUNT, "type": "bind", "source": params.runner_source,
                        "options": ["rbind", "ro", "nosuid", "nodev"]})
     if params.resolv_conf_source is not None:
@@ -112,6 +133,6 @@ def build_spec(params: SpecParams) -> dict:
         "mounts": mounts,
         "linux": linux,
     }
-    if params.annotations:
-        spec["annotations"] = dict(sorted(params.annotations.items()))
+    if annotations:
+        spec["annotations"] = dict(sorted(annotations.items()))
     return spec

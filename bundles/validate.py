@@ -18,7 +18,8 @@ import jsonschema
 import referencing
 from referencing.jsonschema import DRAFT4
 
-from bundles.spec import ALL_CAPABILITY_SETS, NAMESPACES, NETNS_DIR, RESOLV_CONF, RUNNER_MOUNT, WORKSPACE
+from bundles.spec import (ALL_CAPABILITY_SETS, NAMESPACES, NETNS_DIR, RESOLV_CONF, ROOTFS_SOURCE_ANNOTATION,
+                          ROOTFS_TYPE_ANNOTATION, RUNNER_MOUNT, WORKSPACE)
 
 SCHEMA_VERSION = "1.0.2"
 SCHEMA_DIR = pathlib.Path(__file__).resolve().parent / "schema" / f"runtime-spec-v{SCHEMA_VERSION}"
@@ -164,6 +165,23 @@ def check_mounts(spec: dict) -> list[str]:
     return problems
 
 
+def check_sealed_root(spec: dict) -> list[str]:
+    """A root from runsc's rootfs annotations is a read-only EROFS image at an absolute path."""
+    annotations = spec.get("annotations") or {}
+    source, kind = annotations.get(ROOTFS_SOURCE_ANNOTATION), annotations.get(ROOTFS_TYPE_ANNOTATION)
+    if source is None and kind is None:
+        return []
+    problems = []
+    if kind != "erofs":
+        problems.append(f"rootfs annotation type {kind!r} is not erofs")
+    if not isinstance(source, str) or not source.startswith("/"):
+        problems.append(f"rootfs annotation source {source!r} is not an absolute path")
+    unknown = sorted(key for key in annotations if key.startswith("dev.gvisor.spec.rootfs.")
+                     and key not in (ROOTFS_SOURCE_ANNOTATION, ROOTFS_TYPE_ANNOTATION))
+    problems += [f"unexpected rootfs annotation {key} (an overlay would make the root writable)" for key in unknown]
+    return problems
+
+
 def check_resource_limits(spec: dict) -> list[str]:
     linux = spec.get("linux", {})
     resources = linux.get("resources", {})
@@ -192,6 +210,7 @@ SEMANTIC_CHECKS: dict[str, Callable[[dict], list[str]]] = {
     "minimal_env": check_minimal_env,
     "private_namespaces": check_private_namespaces,
     "mounts": check_mounts,
+    "sealed_root": check_sealed_root,
     "resource_limits": check_resource_limits,
     "no_terminal": check_no_terminal,
 }

@@ -90,6 +90,25 @@ def has_candidates(workspace: pathlib.Path, *, exclude: frozenset[str] = frozens
     return any(is_acceptable_name(name) for name in names)
 
 
+def runner_rules(*, exclude: tuple[str, ...] = ()) -> dict:
+    """The rules above, for a sealed sandbox's runner to pick its artifacts by (it sends them
+    over the control channel; ``Sandbox`` checks each one again)."""
+    return {"max_count": MAX_COUNT, "max_bytes": MAX_SIZE, "suffixes": sorted(MIME_TYPES), "exclude": list(exclude)}
+
+
+def as_contract(collected: list[tuple[str, bytes]]) -> list[dict]:
+    """(name, content) pairs as the contract's artifact dicts."""
+    return [
+        {
+            "name": name,
+            "mime_type": MIME_TYPES[os.path.splitext(name)[1].lower()],
+            "size": len(data),
+            "content_b64": base64.b64encode(data).decode("ascii"),
+        }
+        for name, data in collected
+    ]
+
+
 def collect_artifacts(workspace: pathlib.Path, *, exclude: frozenset[str] = frozenset()) -> list[dict]:
     """Artifacts as the contract's dicts: ``artifacts/`` first, then allow-listed root files."""
     collected: list[tuple[str, bytes]] = []
@@ -109,12 +128,4 @@ def collect_artifacts(workspace: pathlib.Path, *, exclude: frozenset[str] = froz
         collected += _collect_from(root_fd, taken, MAX_COUNT - len(collected))
     finally:
         os.close(root_fd)
-    return [
-        {
-            "name": name,
-            "mime_type": MIME_TYPES[os.path.splitext(name)[1].lower()],
-            "size": len(data),
-            "content_b64": base64.b64encode(data).decode("ascii"),
-        }
-        for name, data in collected
-    ]
+    return as_contract(collected)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from orchestrator import outcome
 from orchestrator.admission import REQUEST, StartGate
-from orchestrator.artifacts import collect_artifacts, has_candidates
+from orchestrator.artifacts import as_contract, collect_artifacts, has_candidates
 from orchestrator.balancer import Load
 from orchestrator.errors import CapacityError
 from orchestrator.language import Language
@@ -179,6 +179,7 @@ class Executor:
             "capacity": self.settings.capacity_status(),
             "pools": {key: pool.status() for key, pool in sorted(self.pools.items())},
             "snapshots": self.snapshots.status() if self.snapshots is not None else None,
+            "sealed": self.host.sealed.status() if self.host.sealed is not None else None,
         }
 
     def load(self) -> Load:
@@ -233,8 +234,10 @@ class Executor:
             log.info("request=%s sandbox=%s language=%s running", request.request_id, sandbox.id, language.name)
             record = await sandbox.run(job)
             exclude = frozenset({language.source_file, "arguments.json"})
-            if (record.exit_code == 0 and not (record.timed_out or record.oom_killed or record.output_exceeded)
-                    and has_candidates(sandbox.workspace_dir, exclude=exclude)):
+            succeeded = record.exit_code == 0 and not (record.timed_out or record.oom_killed or record.output_exceeded)
+            if succeeded and sandbox.workspace_dir is None:
+                record.artifacts = as_contract(sandbox.artifacts)  # a sealed runner sent them
+            elif succeeded and has_candidates(sandbox.workspace_dir, exclude=exclude):
                 record.artifacts = await asyncio.to_thread(collect_artifacts, sandbox.workspace_dir, exclude=exclude)
             result = outcome.classify(record, memory_limit_bytes=self.settings.limits.memory_bytes,
                                       output_limit_bytes=self.settings.limits.output_bytes)

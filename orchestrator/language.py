@@ -35,7 +35,7 @@ _FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDERS = ("{runner}", "{source}")
 _KEYS = {"name", "rootfs", "argv", "protocol", "runner", "source_file", "source_suffix", "static_check",
-         "preload", "env", "description", "snapshot", "snapshot_note"}
+         "preload", "env", "description", "snapshot", "snapshot_note", "sealed"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Language:
     description: str = ""
     snapshot: bool = True  # may its sandboxes be restored from a snapshot (the runner reseeds on resume)?
     snapshot_note: str = ""  # why not, when not
+    sealed: bool = False  # its runner writes the source and sends the artifacts (host.sealed, bundles.spec)
 
     @property
     def source_path(self) -> str:
@@ -140,6 +141,11 @@ def load_language(path: pathlib.Path) -> Language:
     snapshot_note = data.get("snapshot_note", "")
     if not isinstance(snapshot_note, str):
         raise fail("'snapshot_note' must be a string")
+    sealed = data.get("sealed", False)
+    if not isinstance(sealed, bool):
+        raise fail("'sealed' must be true or false")
+    if sealed and protocol != "runner":
+        raise fail("'sealed' needs protocol 'runner' (a runner that writes the source and sends the artifacts)")
     return Language(
         name=name,
         rootfs=rootfs,
@@ -155,6 +161,7 @@ def load_language(path: pathlib.Path) -> Language:
         description=str(data.get("description", "")),
         snapshot=snapshot,
         snapshot_note=snapshot_note,
+        sealed=sealed,
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from bundles.spec import SpecParams, build_spec
 from bundles.validate import SpecError, validate_spec
 from bundles.writer import write_bundle
 from orchestrator.capture import Capture
+from orchestrator import artifacts
 from orchestrator.errors import HostError, ProtocolError, RunscError, SandboxError
 from orchestrator.host import workspace
 from orchestrator.host.cgroups import DEFAULT_CPU_WEIGHT, CgroupLimits, Cgroups
@@ -81,6 +83,13 @@ class SandboxHost:
     network: object | None = None  # egress mode: host.netns.SandboxNetworks; None: runsc's own empty netns
     resolv_conf: str | None = None  # egress mode: the file naming the resolver (host.resolver), bound read-only
     meminfo: pathlib.Path | None = None  # host.meminfo: what runsc reads for MemTotal when we join the cgroups
+    sealed: object | None = None  # host.sealed.SealedImages: the sealed images of the languages that have one
+
+    def sealed_image(self, language: Language, rootfs_tree: pathlib.Path) -> pathlib.Path | None:
+        """The sealed image a sandbox of ``language`` on ``rootfs_tree`` runs from, if any."""
+        if self.sealed is None or not language.sealed:
+            return None
+        return self.sealed.image_for(language.name, rootfs_tree)
 
 
 def preload_env(language: Language, preload: bool) -> dict[str, str]:
@@ -110,6 +119,10 @@ def sandbox_spec(language: Language, host: SandboxHost, rootfs_tree: pathlib.Pat
         resolv_conf_source=host.resolv_conf,
         annotations={"dev.gvisor-sandbox.language": language.name},
     )
+    image = host.sealed_image(language, rootfs_tree)
+    if image is not None:
+        params = dataclasses.replace(params, rootfs=str(host.sealed.empty_root), sealed_image=str(image),
+                                     workspace_bytes=host.limits.workspace_bytes)
     spec = build_spec(params)
     try:
         validate_spec(spec)
@@ -138,6 +151,9 @@ class Sandbox:
         self.boot_ms: float | None = None
         self.preload_errors: dict = {}
         self.reseeded: list | None = None  # what a restored runner reseeded on resume
+        # Sealed: no host workspace; the runner writes the source and sends the artifacts.
+        self.sealed = host.sealed_image(language, self.rootfs_tree) is not None
+        self.artifacts: list[tuple[str, bytes]] = []  # what a sealed runner sent
         self._stack = contextlib.AsyncExitStack()
         self._dirs: workspace.SandboxDirs | None = None
         self._net = None  # host.netns.SandboxNet in egress mode
@@ -155,9 +171,10 @@ class Sandbox:
         return f"Sandbox({self.id})"
 
     @property
-    def workspace_dir(self) -> pathlib.Path:
+    def workspace_dir(self) -> pathlib.Path | None:
+        """The host directory the sandbox sees as its workspace; None when it is sealed."""
         assert self._dirs is not None
-        return self._dirs.workspace
+        return None if self.sealed else self._dirs.workspace
 
     @property
     def is_on_current_rootfs(self) -> bool:
@@ -182,7 +199,7 @@ class Sandbox:
         try:
             size = self.host.limits.workspace_bytes if self.host.bounded_workspace else None
             self._dirs = workspace.create_sandbox_dirs(self.host.state_dir, self.id, self.host.uid, self.host.gid,
-                                                       size_bytes=size)
+                                                       size_bytes=size, workspace=not self.sealed)
             self._stack.callback(workspace.remove_sandbox_dirs, self._dirs)
             if self.host.cgroups is not None:
                 limits = self.host.limits
@@ -294,6 +311,37 @@ class Sandbox:
             raise ProtocolError("decode control frame: not an object with a type", sandbox_id=self.id)
         return frame
 
+    async def _read_report(self) -> dict | None:
+        """The runner's report of a run: its next frame after the artifact frames, whose files
+        (checked: the runner runs the user's code) go to ``artifacts``."""
+        while True:
+            frame = await self._read_frame()
+            if frame is None or frame["type"] != "artifact":
+                return frame
+            await self._receive_artifact(frame)
+
+    async def _receive_artifact(self, frame: dict) -> None:
+        assert self._reader is not None
+        name, size = frame.get("name"), frame.get("size")
+        problem = None
+        if not self.sealed:
+            problem = "an artifact frame from a sandbox with a host workspace"
+        elif not isinstance(name, str) or not artifacts.is_acceptable_name(name) or name == self.language.source_file:
+            problem = f"the artifact name {name!r} is not acceptable"
+        elif any(name == known for known, _ in self.artifacts):
+            problem = f"the artifact {name!r} came twice"
+        elif not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= artifacts.MAX_SIZE:
+            problem = f"the artifact size {size!r} is not within 1..{artifacts.MAX_SIZE} bytes"
+        elif len(self.artifacts) >= artifacts.MAX_COUNT:
+            problem = f"more than {artifacts.MAX_COUNT} artifacts"
+        if problem is not None:
+            raise ProtocolError(f"run: {problem}", sandbox_id=self.id)
+        try:
+            data = await self._reader.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise ProtocolError(f"run: the artifact {name!r} ended early", sandbox_id=self.id) from exc
+        self.artifacts.append((name, data))
+
     async def _send_frame(self, frame: dict) -> None:
         assert self._writer is not None
         self._writer.write(json.dumps(frame, ensure_ascii=False).encode("utf-8") + b"\n")
@@ -343,8 +391,9 @@ class Sandbox:
         self._used = True
         assert self._dirs is not None
         source_name = self.language.source_file
-        workspace.write_workspace_file(self._dirs, source_name,
-                                       job.source + self.language.source_suffix.encode("utf-8"))
+        if not self.sealed:
+            workspace.write_workspace_file(self._dirs, source_name,
+                                           job.source + self.language.source_suffix.encode("utf-8"))
         started = time.monotonic()
         if self.language.can_boot_ahead:
             if not self.is_alive:
@@ -353,8 +402,11 @@ class Sandbox:
                 if self.warm:
                     self.host.cgroups.set_cpu_weight(self.id, DEFAULT_CPU_WEIGHT)
                 self._cpu_ns_before_run = self.host.cgroups.cpu_ns(self.id)
-            await self._send_frame({"type": "run", "source": source_name, "arguments": job.arguments,
-                                    "code": (job.source + self.language.source_suffix.encode("utf-8")).decode("utf-8")})
+            frame = {"type": "run", "source": source_name, "arguments": job.arguments,
+                     "code": (job.source + self.language.source_suffix.encode("utf-8")).decode("utf-8")}
+            if self.sealed:
+                frame.update(write_source=True, artifacts=artifacts.runner_rules(exclude=(source_name,)))
+            await self._send_frame(frame)
         else:
             arguments = json.dumps(job.arguments, ensure_ascii=False)
             workspace.write_workspace_file(self._dirs, "arguments.json", arguments.encode("utf-8"))
@@ -373,7 +425,7 @@ class Sandbox:
             "stderr": asyncio.ensure_future(self._stderr.exceeded.wait()),
         }
         if self._reader is not None:
-            waiters["frame"] = asyncio.ensure_future(self._read_frame())
+            waiters["frame"] = asyncio.ensure_future(self._read_report())
         try:
             done, _ = await asyncio.wait(waiters.values(), timeout=job.timeout_s, return_when=asyncio.FIRST_COMPLETED)
             record.wall_ms = (time.monotonic() - started) * 1000

@@ -33,9 +33,10 @@ from orchestrator.executor import Executor
 from orchestrator.host import firewall, meminfo, netns, resolver, workspace
 from orchestrator.host.cgroups import CgroupLimits, Cgroups
 from orchestrator.host.placement import Placement, open_cgroups, place
+from orchestrator.host.sealed import SealedImages, find_mkfs
 from orchestrator.language import Language, load_languages
 from orchestrator.metrics import Metrics
-from orchestrator.runtime.argv import RunscConfig, global_flags, needs_netns_workaround
+from orchestrator.runtime.argv import RunscConfig, global_flags, needs_netns_workaround, release_date
 from orchestrator.runtime.reaper import become_subreaper
 from orchestrator.runtime.runsc import RunscInfo, RunscRuntime, probe_runsc
 from orchestrator.sandbox import Sandbox, SandboxHost, preload_env, sandbox_spec
@@ -83,6 +84,8 @@ class Service:
 
     async def close(self) -> None:
         await self.executor.close()
+        if self.executor.host.sealed is not None:
+            self.executor.host.sealed.close()
         if self.resolver is not None:
             await self.resolver.stop()
         if self.placement is not None and self.placement.is_delegated and self.cgroups is not None:
@@ -200,6 +203,45 @@ def runsc_status(info: RunscInfo | None, settings: Settings, store: SnapshotStor
             "checkpoint_uncompressed": info.checkpoints_uncompressed,
             "restore_new_id_new_stdio": store.restore_proven if store is not None else None,
             "cgroups_joined_by": None if config is None else "wrapper" if config.join_cgroups else "runsc"}
+
+
+# The oldest runsc whose gofer-less EROFS root (host.sealed) is verified here (0.0~20240729).
+SEALED_MIN_RELEASE = 20240729
+
+
+def sealed_off_reason(settings: Settings, info: RunscInfo | None, host: SandboxHost) -> str | None:
+    """Why no language may run sealed here, or None."""
+    if settings.sealed == "off":
+        return "SANDBOX_SEALED=off"
+    if info is None:
+        return "no runsc was probed (an injected runtime)"
+    release = release_date(info.version)
+    if release is None or release < SEALED_MIN_RELEASE:
+        return f"runsc {info.version} predates {SEALED_MIN_RELEASE}: no root from an EROFS image without a gofer"
+    if host.network is not None:
+        return "egress mode: the resolver's file is bound into the sandbox, which takes runsc's gofer"
+    return None
+
+
+async def prepare_sealed(settings: Settings, info: RunscInfo | None, host: SandboxHost,
+                         languages: dict[str, Language], rootfs: dict[str, pathlib.Path]) -> SealedImages:
+    """The sealed images of every language that allows one (built now when missing; a
+    language whose image cannot be had runs unsealed, and ``/status`` says why)."""
+    images = SealedImages(settings.sealed_path, settings.state_dir / "sealed-root", mkfs=find_mkfs())
+    reason = sealed_off_reason(settings, info, host)
+    for name, language in sorted(languages.items()):
+        if not language.sealed:
+            continue
+        if reason is not None:
+            images.reasons[name] = reason
+            continue
+        await asyncio.to_thread(images.prepare, name, pathlib.Path(os.path.realpath(rootfs[name])),
+                                language.definition_dir)
+    if reason is None:
+        removed = await asyncio.to_thread(images.prune)
+        if removed:
+            log.info("sealed: removed images no service uses: %s", ", ".join(removed))
+    return images
 
 
 def sandbox_networks(settings: Settings) -> netns.SandboxNetworks:
@@ -410,6 +452,9 @@ async def start_service(settings: Settings, *, runtime=None, cgroup_root: pathli
                 network = dataclasses.replace(network, netns_workaround=workaround, probe=how)
             log.info("egress: runsc --network=sandbox, netns workaround %s (%s)",
                      "on" if network.netns_workaround else "off", network.probe)
+        sealed = await prepare_sealed(settings, info, host, languages, rootfs)
+        undo.callback(sealed.close)
+        host = dataclasses.replace(host, sealed=sealed)
         metrics = Metrics()
         executor = Executor(settings, languages, rootfs, host, metrics=metrics)
         store = make_snapshot_store(settings, info, runtime, executor)

@@ -93,7 +93,8 @@ def parse_rate(name: str, value: str) -> tuple[int, float] | None:
         return None
     count, _, unit = text.partition("/")
     periods = {"second": 1.0, "s": 1.0, "minute": 60.0, "m": 60.0, "hour": 3600.0, "h": 3600.0}
-    if not count.strip().isdigit() or int(count) < 1 or unit.strip() not in periods:
+    # isdecimal, not isdigit: "²" is a digit that int() refuses.
+    if not (count.strip().isascii() and count.strip().isdecimal()) or int(count) < 1 or unit.strip() not in periods:
         raise ConfigError(f"{name}: invalid rate {value!r} (expected e.g. 120/minute, 5/second, 1000/hour or off)")
     return int(count), periods[unit.strip()]
 
@@ -239,6 +240,7 @@ class Settings:
     max_concurrency: int = 8
     start_parallelism: int = 2  # sandbox starts (boots, restores) at once, requests before refills
     snapshots: str = "auto"  # SANDBOX_SNAPSHOTS: auto (where runsc and the language allow) or off
+    sealed: str = "auto"  # SANDBOX_SEALED: auto (sealed images where runsc, mkfs.erofs and the language allow) or off
     capacity: HostCapacity | None = None  # what derived defaults came from (None: fixed defaults)
     derived: tuple[str, ...] = ()  # which of CAPACITY_VARIABLES' fields were derived, not set
     queue_timeout_s: float = 10.0
@@ -250,6 +252,7 @@ class Settings:
     egress: EgressSettings = field(default_factory=EgressSettings)
     state_dir: pathlib.Path = pathlib.Path("/run/gvisor-sandbox")
     snapshot_dir: pathlib.Path | None = None  # SANDBOX_SNAPSHOT_DIR; None: <state_dir>/snapshots
+    sealed_dir: pathlib.Path | None = None  # SANDBOX_SEALED_DIR; None: sealed/ next to rootfs_dir
     rootfs_dir: pathlib.Path = pathlib.Path("/var/lib/gvisor-sandbox/rootfs")
     languages_dirs: tuple[pathlib.Path, ...] = (_SOURCE_ROOT / "languages",)
     base_images: Mapping[str, str] = field(default_factory=dict)
@@ -352,6 +355,7 @@ class Settings:
             start_parallelism=read("SANDBOX_START_PARALLELISM", lambda n, v: parse_int(n, v, minimum=1, maximum=256),
                                    derived["start_parallelism"]),
             snapshots=read("SANDBOX_SNAPSHOTS", lambda n, v: parse_choice(n, v, ("auto", "off")), default.snapshots),
+            sealed=read("SANDBOX_SEALED", lambda n, v: parse_choice(n, v, ("auto", "off")), default.sealed),
             host=read("SANDBOX_EXECUTOR_MANAGER_HOST", parse_host, default.host),
             port=read("SANDBOX_EXECUTOR_MANAGER_PORT", lambda n, v: parse_int(n, v, minimum=1, maximum=65535),
                       default.port),
@@ -373,6 +377,7 @@ class Settings:
             egress=egress,
             state_dir=read("SANDBOX_STATE_DIR", parse_path, default.state_dir),
             snapshot_dir=read("SANDBOX_SNAPSHOT_DIR", parse_path, None),
+            sealed_dir=read("SANDBOX_SEALED_DIR", parse_path, None),
             rootfs_dir=read("SANDBOX_ROOTFS_DIR", parse_path, default.rootfs_dir),
             languages_dirs=languages_dirs,
             base_images=base_images,
@@ -416,6 +421,12 @@ class Settings:
     def snapshots_path(self) -> pathlib.Path:
         """Where snapshot images live (one service per directory: it removes what it does not use)."""
         return self.snapshot_dir or self.state_dir / "snapshots"
+
+    @property
+    def sealed_path(self) -> pathlib.Path:
+        """Where sealed rootfs images live (on disk, next to the trees: ~0.5 GB each; services
+        may share it, see host.sealed)."""
+        return self.sealed_dir or self.rootfs_dir.parent / "sealed"
 
     def pool_size_for(self, profile_key: str) -> int:
         """Size of a pool profile (``python``, ``python_preload``): its own variable or the default."""

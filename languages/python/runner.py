@@ -6,8 +6,16 @@ Protocol (one JSON object per line on fd 0, a socket to the service):
   runner -> service  {"type": "ready", "preload_errors": {...}, "reseeded": [generator, ...]}
   service -> runner  {"type": "run", "source": file name in the working directory, "code": its text
                       (optional), "arguments": {...}}
+  runner -> service  {"type": "artifact", "name": str, "size": n} and then exactly n bytes, once
+                      per artifact (only when the run frame asks, see below), then
   runner -> service  {"type": "done", "exit_code": n, "returned": bool, "result_json": str|null,
                       "duration_ms": float}
+A sealed sandbox (its workspace is a tmpfs inside gVisor, not a host directory: nothing of
+it needs runsc's gofer) has the run frame say so: ``"write_source": true`` has the runner
+write ``code`` to the source file first, and ``"artifacts": {"max_count", "max_bytes",
+"suffixes", "exclude"}`` has it send, after a run that ended with exit code 0, the files
+``artifacts/`` and then the workspace root hold, by the rules the service applies to a host
+workspace.  The service checks every artifact frame again: this process runs the user's code.
 A snapshot is taken while the runner waits for its request, so every sandbox restored from it
 is a clone of that process: ``resume`` reseeds, from fresh entropy, every generator seeded
 before the checkpoint (``_reseed``) before any user code can draw from one.
@@ -135,6 +143,77 @@ def _reseed():
     return reseeded
 
 
+def _acceptable(name, suffixes):
+    """The service's rule for an artifact's name (orchestrator.artifacts.is_acceptable_name)."""
+    return (bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name and ".." not in name
+            and not any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+            and os.path.splitext(name)[1].lower() in suffixes)
+
+
+def _regular_content(directory, name, max_bytes):
+    """A non-empty regular file's bytes (no symlink followed), or None."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(os.path.join(directory, name), flags)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if (info.st_mode & 0o170000) != 0o100000 or not 0 < info.st_size <= max_bytes:
+            return None
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+        return data if 0 < len(data) <= max_bytes else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _artifacts(workdir, rules):
+    """(name, bytes) of what a sealed workspace holds: ``artifacts/`` first, then the root
+    (``workdir``, wherever the user's code moved the current directory to)."""
+    suffixes = frozenset(rules.get("suffixes") or ())
+    max_count, max_bytes = int(rules.get("max_count", 0)), int(rules.get("max_bytes", 0))
+    found, taken = [], set(rules.get("exclude") or ())
+    for directory in (os.path.join(workdir, "artifacts"), workdir):
+        try:
+            names = sorted(os.listdir(directory)) if not os.path.islink(directory) else []
+        except OSError:
+            names = []
+        for name in names:
+            if len(found) >= max_count:
+                return found
+            if name in taken or not _acceptable(name, suffixes):
+                continue
+            data = _regular_content(directory, name, max_bytes)
+            if data is not None:
+                found.append((name, data))
+                taken.add(name)
+    return found
+
+
+def _send_artifacts(fd, workdir, rules):
+    for name, data in _artifacts(workdir, rules):
+        _send(fd, {"type": "artifact", "name": name, "size": len(data)})
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def _write_source(source, text):
+    """The user's file, in a sealed workspace that only this sandbox sees."""
+    fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o444)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(text.encode("utf-8"))
+
+
 def _print_user_traceback(exc):
     """The exception as Python would print it, without this runner's own frames."""
     import traceback
@@ -165,6 +244,8 @@ def _run(request):
     """Load the user's module and call main; return (exit_code, returned, result_json)."""
     workdir = os.getcwd()
     source = os.path.join(workdir, request["source"])
+    if request.get("write_source") and request.get("code") is not None:
+        _write_source(source, request["code"])
     sys.argv = [source]
     sys.path.insert(0, workdir)
     try:
@@ -201,6 +282,10 @@ def serve():
     os.close(null)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+    try:
+        os.mkdir("artifacts", 0o755)  # a sealed workspace starts empty; a host one has it already
+    except OSError:
+        pass
     preload = [name for name in os.environ.get(PRELOAD_ENV, "").split(",") if name]
     preload_errors = _preload(preload)
     _send(ctl, {"type": "ready", "preload_errors": preload_errors})
@@ -208,6 +293,7 @@ def serve():
     while request.get("type") == "resume":
         _send(ctl, {"type": "ready", "preload_errors": preload_errors, "reseeded": _reseed()})
         request = _receive(ctl)
+    workdir = os.getcwd()
     started = time.monotonic()
     exit_code, returned, result_json = _run(request)
     duration_ms = (time.monotonic() - started) * 1000.0
@@ -216,6 +302,11 @@ def serve():
             stream.flush()
         except (OSError, ValueError):
             pass
+    if exit_code == 0 and request.get("artifacts"):
+        try:
+            _send_artifacts(ctl, workdir, request["artifacts"])
+        except (OSError, TypeError, ValueError) as exc:
+            print("Error: sending the artifacts failed: %s" % exc, file=sys.stderr)
     _send(ctl, {"type": "done", "exit_code": exit_code, "returned": returned,
                 "result_json": result_json, "duration_ms": duration_ms})
     os._exit(exit_code & 0xFF)

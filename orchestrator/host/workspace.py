@@ -77,14 +77,17 @@ def _unmount(target: pathlib.Path) -> None:
 
 
 def create_sandbox_dirs(state_dir: pathlib.Path, sandbox_id: str, uid: int, gid: int,
-                        size_bytes: int | None = None) -> SandboxDirs:
-    """The sandbox's directories; with ``size_bytes`` the workspace is a tmpfs of that size."""
+                        size_bytes: int | None = None, *, workspace: bool = True) -> SandboxDirs:
+    """The sandbox's directories; with ``size_bytes`` the workspace is a tmpfs of that size.
+    ``workspace`` False: none at all (a sealed sandbox has its own inside gVisor)."""
     dirs = SandboxDirs(sandboxes_dir(state_dir) / sandbox_id)
     try:
         sandboxes_dir(state_dir).mkdir(parents=True, exist_ok=True)
         os.chmod(sandboxes_dir(state_dir), 0o711)
         _make_dir(dirs.root, 0o711)
         _make_dir(dirs.bundle, 0o700)
+        if not workspace:
+            return dirs
         _make_dir(dirs.workspace, 0o755)
         if size_bytes is not None:
             _mount_tmpfs(dirs.workspace, size_bytes, uid, gid)

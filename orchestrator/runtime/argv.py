@@ -157,8 +157,15 @@ def needs_netns_workaround(version: str) -> bool:
     """A guess from the version alone (``release-20240801.0``, ``0.0~20221219.0``): builds before
     NETNS_FIXED_RELEASE need the workaround, and so, to be safe, does an unreadable version.
     The service uses it only when it cannot probe (no language boots ahead)."""
+    release = release_date(version)
+    return release is None or release < NETNS_FIXED_RELEASE
+
+
+def release_date(version: str) -> int | None:
+    """The release date a runsc version names (``release-20240801.0``, ``0.0~20221219.0``:
+    20240801, 20221219), or None."""
     match = re.search(r"(?:^|[^\d])(20\d{6})(?:\D|$)", version)
-    return match is None or int(match.group(1)) < NETNS_FIXED_RELEASE
+    return None if match is None else int(match.group(1))
 
 
 def checkpoint_argv(config: RunscConfig, sandbox_id: str, image_dir: pathlib.Path, *,

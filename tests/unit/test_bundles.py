@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import os
 import pathlib
 import stat
@@ -176,6 +177,12 @@ def _drop_workspace(spec):
     spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/workspace"]
 
 
+def _annotate(**entries):
+    def mutate(spec):
+        spec.setdefault("annotations", {}).update({key.replace("_", "."): value for key, value in entries.items()})
+    return mutate
+
+
 SEMANTIC_CASES = [
     ("root_read_only", _set("root/readonly", False), "root filesystem is not read-only"),
     ("root_read_only", _set("root/readonly", DELETE), "root filesystem is not read-only"),
@@ -207,7 +214,39 @@ SEMANTIC_CASES = [
     ("resource_limits", _set("linux/resources/pids", {"limit": 0}), "pids are not limited"),
     ("resource_limits", _set("linux/cgroupsPath", DELETE), "no cgroupsPath: limits would not be enforced"),
     ("no_terminal", _set("process/terminal", True), "process asks for a terminal"),
+    ("sealed_root", _annotate(**{"dev_gvisor_spec_rootfs_source": "/img.erofs", "dev_gvisor_spec_rootfs_type": "bind"}),
+     "rootfs annotation type 'bind' is not erofs"),
+    ("sealed_root", _annotate(**{"dev_gvisor_spec_rootfs_source": "img.erofs", "dev_gvisor_spec_rootfs_type": "erofs"}),
+     "rootfs annotation source 'img.erofs' is not an absolute path"),
+    ("sealed_root", _annotate(**{"dev_gvisor_spec_rootfs_source": "/img.erofs", "dev_gvisor_spec_rootfs_type": "erofs",
+                                 "dev_gvisor_spec_rootfs_overlay": "memory"}),
+     "unexpected rootfs annotation dev.gvisor.spec.rootfs.overlay (an overlay would make the root writable)"),
 ]
+
+
+SEALED_PARAMS = dataclasses.replace(PYTHON_PARAMS, rootfs="/run/gvisor-sandbox/sealed-root",
+                                    sealed_image="/var/lib/gvisor-sandbox/sealed/python-0123456789abcdef.erofs",
+                                    workspace_bytes=64 * 1024**2)
+
+
+def test_a_sealed_spec_has_no_host_directory_but_its_empty_root():
+    """No bind mount at all (runsc then starts no gofer): the root comes from the EROFS image,
+    the workspace is a bounded tmpfs the sandbox uid owns; it passes every check."""
+    spec = build_spec(SEALED_PARAMS)
+    validate_spec(spec)
+    assert [m for m in spec["mounts"] if m["type"] == "bind"] == []
+    workspace = next(m for m in spec["mounts"] if m["destination"] == "/workspace")
+    assert workspace["type"] == "tmpfs"
+    assert {"uid=10001", "gid=10001", f"size={64 * 1024**2}", "mode=0755"} <= set(workspace["options"])
+    assert spec["root"] == {"path": "/run/gvisor-sandbox/sealed-root", "readonly": True}
+    assert spec["annotations"]["dev.gvisor.spec.rootfs.source"] == SEALED_PARAMS.sealed_image
+    assert spec["annotations"]["dev.gvisor.spec.rootfs.type"] == "erofs"
+    assert spec["annotations"]["dev.gvisor-sandbox.language"] == "python"
+
+
+def test_a_sealed_spec_needs_the_workspace_size():
+    with pytest.raises(ValueError, match="workspace_bytes"):
+        build_spec(dataclasses.replace(SEALED_PARAMS, workspace_bytes=None))
 
 
 def test_every_semantic_check_has_a_case():

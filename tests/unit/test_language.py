@@ -51,6 +51,7 @@ def test_shipped_languages_load():
     assert python.rootfs == "python"
     assert python.env["MPLBACKEND"] == "Agg"
     assert python.definition_dir == (REPO / "languages" / "python").resolve()
+    assert python.sealed  # its runner writes the source and sends the artifacts
 
     nodejs = languages["nodejs"]
     assert nodejs.process_args() == ["node", "/opt/sandbox/runner/runner.js"]
@@ -58,6 +59,7 @@ def test_shipped_languages_load():
     assert nodejs.source_suffix == "\n\nmodule.exports = { main };"
     assert nodejs.static_check == "nodejs"
     assert nodejs.preload == ("axios",)
+    assert not nodejs.sealed
 
 
 def test_a_script_language_loads(tmp_path):
@@ -108,6 +110,8 @@ def test_env_is_sorted_and_kept(tmp_path):
     (VALID_SCRIPT + "\n[env]\nCOUNT = 3\n", None, "'env' must be a table"),
     (VALID_SCRIPT + '\n[env]\n"BAD-NAME" = "x"\n', None, "'env' must be a table"),
     (VALID_SCRIPT + "source_suffix = 1\n", None, "'source_suffix' must be a string"),
+    (VALID_SCRIPT + "sealed = true\n", None, "'sealed' needs protocol 'runner'"),
+    (VALID_RUNNER.format(name="bash") + 'sealed = "yes"\n', "runner.py", "'sealed' must be true or false"),
     ("name = ", None, "load language"),
 ])
 def test_invalid_definitions_are_refused(tmp_path, text, runner, message):

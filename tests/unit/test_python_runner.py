@@ -112,3 +112,87 @@ def test_resume_frames_are_answered_with_ready_until_the_request(tmp_path):
     finally:
         ours.close()
         process.wait(timeout=10)
+
+
+def _read_frames(reader):
+    """Frames up to "done"; an artifact frame's payload (its size in bytes) follows it."""
+    frames = []
+    while True:
+        frame = json.loads(reader.readline())
+        if frame["type"] == "artifact":
+            frame["data"] = reader.read(frame["size"])
+        frames.append(frame)
+        if frame["type"] == "done":
+            return frames
+
+
+SEALED_CODE = '''
+import os
+def main():
+    with open("artifacts/plot.png", "wb") as f: f.write(b"PNG" * 10)
+    with open("table.csv", "w") as f: f.write("a,b\\n1,2\\n")
+    with open("notes.txt", "w") as f: f.write("not an artifact type")
+    with open("artifacts/big.png", "wb") as f: f.write(b"x" * 2000)
+    with open("artifacts/empty.png", "wb"): pass
+    os.symlink("/etc/passwd", "artifacts/link.csv")
+    os.chdir("/")
+    return os.path.getsize(__file__)
+'''
+
+
+def test_a_sealed_run_writes_its_source_and_sends_the_artifacts_by_the_services_rules(tmp_path):
+    """What a sealed sandbox's runner does: the workspace (here an empty directory) gets the
+    source from the run frame and, before "done", the artifacts come as frames + bytes:
+    artifacts/ first, then the root; not a symlink, an empty or oversized file, a name of
+    another type or the source itself; wherever main() moved the current directory."""
+    import socket
+    import subprocess
+    import sys
+
+    ours, theirs = socket.socketpair()
+    process = subprocess.Popen([sys.executable, "-I", "-B", str(RUNNER)], stdin=theirs, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    theirs.close()
+    reader = ours.makefile("rb")
+    try:
+        assert json.loads(reader.readline())["type"] == "ready"
+        assert (tmp_path / "artifacts").is_dir()  # made before "ready": part of a snapshot
+        rules = {"max_count": 10, "max_bytes": 1000, "suffixes": [".png", ".csv", ".py"], "exclude": ["main.py"]}
+        ours.sendall(json.dumps({"type": "run", "source": "main.py", "arguments": {}, "code": SEALED_CODE,
+                                 "write_source": True, "artifacts": rules}).encode() + b"\n")
+        frames = _read_frames(reader)
+    finally:
+        ours.close()
+        process.wait(timeout=10)
+    done = frames[-1]
+    assert done["exit_code"] == 0 and json.loads(done["result_json"])["value"] == len(SEALED_CODE.encode()), process.stderr.read()
+    assert [(f["name"], f["data"]) for f in frames[:-1]] == [("plot.png", b"PNG" * 10), ("table.csv", b"a,b\n1,2\n")]
+    assert (tmp_path / "main.py").read_text() == SEALED_CODE
+
+
+def test_a_failed_sealed_run_sends_no_artifacts_and_the_count_is_capped(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    code = "def main(fail):\n    for i in range(5):\n        open('artifacts/%d.png' % i, 'wb').write(b'x')\n" \
+           "    if fail:\n        raise RuntimeError('no')\n"
+    for fail, expected in ((True, []), (False, ["0.png", "1.png", "2.png"])):
+        workdir = tmp_path / str(fail)
+        workdir.mkdir()
+        ours, theirs = socket.socketpair()
+        process = subprocess.Popen([sys.executable, "-I", "-B", str(RUNNER)], stdin=theirs, cwd=workdir,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        theirs.close()
+        reader = ours.makefile("rb")
+        try:
+            json.loads(reader.readline())
+            rules = {"max_count": 3, "max_bytes": 100, "suffixes": [".png"], "exclude": []}
+            ours.sendall(json.dumps({"type": "run", "source": "main.py", "arguments": {"fail": fail}, "code": code,
+                                     "write_source": True, "artifacts": rules}).encode() + b"\n")
+            frames = _read_frames(reader)
+        finally:
+            ours.close()
+            process.wait(timeout=10)
+        assert frames[-1]["exit_code"] == (1 if fail else 0)
+        assert [f["name"] for f in frames[:-1]] == expected

@@ -57,6 +57,21 @@ def test_snapshots_setting():
         Settings.from_env({"SANDBOX_SNAPSHOTS": "sometimes"})
 
 
+def test_a_rate_with_a_digit_int_refuses_is_a_config_error():
+    with pytest.raises(ConfigError, match="SANDBOX_RUN_RATE_LIMIT"):
+        Settings.from_env({"SANDBOX_RUN_RATE_LIMIT": "²/minute"})
+
+
+def test_sealed_settings():
+    default = Settings.from_env({})
+    assert default.sealed == "auto"
+    assert default.sealed_path == default.rootfs_dir.parent / "sealed"
+    settings = Settings.from_env({"SANDBOX_SEALED": "off", "SANDBOX_SEALED_DIR": "/srv/sealed"})
+    assert settings.sealed == "off" and settings.sealed_path == pathlib.Path("/srv/sealed")
+    with pytest.raises(ConfigError, match="SANDBOX_SEALED"):
+        Settings.from_env({"SANDBOX_SEALED": "always"})
+
+
 def test_blank_values_mean_the_default():
     settings = Settings.from_env({"SANDBOX_TIMEOUT": "  ", "SANDBOX_MAX_MEMORY": "", "SANDBOX_EXECUTOR_MANAGER_PORT": ""})
     assert settings.limits.timeout_s == 10.0
