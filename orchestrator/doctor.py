@@ -22,9 +22,10 @@ from orchestrator.language import load_languages
 from orchestrator.host import resolver
 from orchestrator.host.firewall import NFT
 from orchestrator.host.netns import resolver_address
-from orchestrator.runtime.argv import needs_netns_workaround
+from orchestrator.host.sealed import MKFS, find_mkfs
+from orchestrator.runtime.argv import needs_netns_workaround, release_date
 from orchestrator.runtime.runsc import probe_runsc, run_command
-from orchestrator.service import CGROUP_ROOT, resolve_rootfs
+from orchestrator.service import CGROUP_ROOT, SEALED_MIN_RELEASE, resolve_rootfs
 from orchestrator.settings import Settings
 
 
@@ -103,6 +104,27 @@ async def check_snapshots(settings: Settings) -> Check:
             await service.close()
             if service.cgroups is not None:
                 service.cgroups.remove_parent()
+
+
+async def check_sealed(settings: Settings, *, mkfs: str | None | bool = False) -> Check:
+    """Can sealed sandboxes (host.sealed: no gofer, ~25% less CPU per run) be had here?  Never
+    a failure: without them every sandbox runs with a host workspace and a gofer."""
+    if settings.sealed == "off":
+        return Check("sealed", True, "off (SANDBOX_SEALED=off): every sandbox has a gofer")
+    if settings.runsc.network == "egress":
+        return Check("sealed", True, "not in egress mode (the resolver's file is a bind mount, which takes the gofer)")
+    try:
+        info = await probe_runsc(settings.runsc.binary)
+    except ServiceError as exc:
+        return Check("sealed", True, f"not available: {exc}")
+    release = release_date(info.version)
+    if release is None or release < SEALED_MIN_RELEASE:
+        return Check("sealed", True, f"not available: runsc {info.version} predates {SEALED_MIN_RELEASE}")
+    mkfs = find_mkfs() if mkfs is False else mkfs
+    if mkfs is None:
+        return Check("sealed", True, f"not available: {MKFS} is missing (apt-get install erofs-utils: "
+                                     "sealed sandboxes cost ~25% less CPU per run)")
+    return Check("sealed", True, f"Python runs sealed ({mkfs}; images in {settings.sealed_path}, built at start-up)")
 
 
 async def check_capacity(settings: Settings) -> Check:
@@ -233,7 +255,7 @@ async def check_port(settings: Settings) -> Check:
 
 CHECKS: list[Callable[[Settings], Awaitable[Check]]] = [
     check_runsc, check_smoke, check_cgroups, check_netns, check_network, check_rootfs, check_state_dir, check_port,
-    check_snapshots, check_capacity]
+    check_snapshots, check_sealed, check_capacity]
 
 
 async def run_checks(settings: Settings, checks=None) -> list[Check]:

@@ -187,6 +187,11 @@ class Sandbox:
         return self._start.kind
 
     @property
+    def has_run(self) -> bool:
+        """True once it was handed its request (or checkpointed)."""
+        return self._used
+
+    @property
     def is_alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
 

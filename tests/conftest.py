@@ -69,6 +69,9 @@ def test_env(tmp_path) -> dict[str, str]:
     return {
         "SANDBOX_STATE_DIR": str(tmp_path / "state"),
         "SANDBOX_ROOTFS_DIR": str(ROOTFS_DIR),
+        # One directory of sealed images for every test, even those with a rootfs store of
+        # their own (the default is next to the store: each would build its ~0.5 GB image).
+        "SANDBOX_SEALED_DIR": str(ROOTFS_DIR.parent / "sealed"),
         "SANDBOX_CGROUP_PARENT": f"{TEST_CGROUP_PREFIX}{SESSION}-{uuid.uuid4().hex[:8]}",
         "SANDBOX_TIMEOUT": "3s",
         "SANDBOX_QUEUE_TIMEOUT": "60s",

@@ -70,16 +70,18 @@ async def until(predicate, timeout: float = 30.0, what: str = "condition"):
         await asyncio.sleep(0.05)
 
 
-def sandbox_with_code(state_dir: pathlib.Path, marker: str) -> str | None:
-    """The id of the sandbox whose workspace holds the program containing ``marker``."""
-    sandboxes = state_dir / "sandboxes"
-    for entry in sandboxes.iterdir() if sandboxes.is_dir() else []:
-        for name in ("main.py", "main.js"):
-            try:
-                if marker in (entry / "workspace" / name).read_text():
-                    return entry.name
-            except OSError:
-                continue
+def running_sandbox(executor) -> str | None:
+    """The id of the one sandbox the executor is serving a request with (handed its request
+    already), sealed or not."""
+    active = [sandbox for sandbox in executor._active if sandbox.is_alive and sandbox.has_run]
+    return active[0].id if len(active) == 1 and executor.running == 1 else None
+
+
+def helpers_up(state_dir: pathlib.Path, sandbox_id: str, sealed: bool) -> dict[str, list[int]] | None:
+    """``runsc_helpers`` once the sandbox's processes are all there (a sealed one has no gofer)."""
+    found = runsc_helpers(state_dir, sandbox_id)
+    if found["runsc-sandbox"] and (sealed or found["runsc-gofer"]):
+        return found
     return None
 
 

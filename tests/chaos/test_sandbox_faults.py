@@ -20,7 +20,7 @@ import time
 import pytest
 
 from orchestrator.executor import RunRequest
-from tests.chaos.conftest import assert_clear_failure, runsc_helpers, sandbox_with_code, until
+from tests.chaos.conftest import assert_clear_failure, helpers_up, running_sandbox, runsc_helpers, until
 
 pytestmark = [pytest.mark.runsc, pytest.mark.chaos]
 
@@ -44,28 +44,31 @@ BYSTANDER = "import time\ndef main():\n    marker = 'chaos-bystander'\n    time.
 HELLO = "def main():\n    return 'still serving'\n"
 
 
-async def start_pair(service):
-    """The victim and a bystander running side by side; (victim task, bystander task, victim id)."""
+async def start_pair(service, sealed: bool):
+    """The victim and a bystander running side by side; (victim task, bystander task, victim id).
+    The victim starts alone first, so the one running sandbox is its."""
     executor = service.executor
     victim = asyncio.create_task(executor.execute(RunRequest("python", VICTIM, {})))
-    bystander = asyncio.create_task(executor.execute(RunRequest("python", BYSTANDER, {})))
     state = service.settings.state_dir
-    victim_id = await until(lambda: sandbox_with_code(state, "chaos-victim"), what="the victim's sandbox")
-    await until(lambda: executor.running == 2 and all(runsc_helpers(state, victim_id).values()),
-                what="both runs started")
-    await asyncio.sleep(1.0)  # into the program, past its imports
+    victim_id = await until(lambda: running_sandbox(executor), what="the victim's sandbox")
+    await until(lambda: helpers_up(state, victim_id, sealed), what="the victim's runsc processes")
+    bystander = asyncio.create_task(executor.execute(RunRequest("python", BYSTANDER, {})))
+    await until(lambda: executor.running == 2, what="both runs started")
+    await asyncio.sleep(1.0)  # into the programs, past their imports
     return victim, bystander, victim_id
 
 
-@pytest.mark.parametrize(("start", "target"), [
-    ("booted", "runsc-sandbox"), ("booted", "runsc-gofer"), ("restored", "runsc-sandbox"), ("restored", "runsc-gofer"),
+@pytest.mark.parametrize(("start", "target", "sealed"), [
+    ("booted", "runsc-sandbox", False), ("booted", "runsc-gofer", False), ("restored", "runsc-sandbox", False),
+    ("restored", "runsc-gofer", False), ("booted", "runsc-sandbox", True), ("restored", "runsc-sandbox", True),
 ])
-async def test_sigkill_of_a_runsc_process_mid_run(make_service, start, target):
+async def test_sigkill_of_a_runsc_process_mid_run(make_service, start, target, sealed):
     service = await make_service(SANDBOX_ENABLE_AST_ANALYSIS="false", SANDBOX_TIMEOUT="30s",
-                                 SANDBOX_SNAPSHOTS="auto" if start == "restored" else "off")
+                                 SANDBOX_SNAPSHOTS="auto" if start == "restored" else "off",
+                                 SANDBOX_SEALED="auto" if sealed else "off")
     if start == "restored":
         await service.executor.snapshots.wait_ready("python")
-    victim, bystander, victim_id = await start_pair(service)
+    victim, bystander, victim_id = await start_pair(service, sealed)
     pids = runsc_helpers(service.settings.state_dir, victim_id)[target]
     assert pids, f"no {target} process for {victim_id}"
     killed_at = time.monotonic()
@@ -85,14 +88,15 @@ async def test_sigkill_of_a_runsc_process_mid_run(make_service, start, target):
     assert after.result["result"]["value"] == "still serving"
 
 
-async def test_sigstop_of_a_sandbox_is_ended_by_the_time_limit(make_service):
-    service = await make_service(SANDBOX_ENABLE_AST_ANALYSIS="false", SANDBOX_TIMEOUT="3s", SANDBOX_SNAPSHOTS="off")
+@pytest.mark.parametrize("sealed", [False, True])
+async def test_sigstop_of_a_sandbox_is_ended_by_the_time_limit(make_service, sealed):
+    service = await make_service(SANDBOX_ENABLE_AST_ANALYSIS="false", SANDBOX_TIMEOUT="3s", SANDBOX_SNAPSHOTS="off",
+                                 SANDBOX_SEALED="auto" if sealed else "off")
     executor = service.executor
     task = asyncio.create_task(executor.execute(RunRequest("python", VICTIM, {})))
     state = service.settings.state_dir
-    victim_id = await until(lambda: sandbox_with_code(state, "chaos-victim"), what="the victim's sandbox")
-    helpers = await until(lambda: (found := runsc_helpers(state, victim_id)) and all(found.values()) and found,
-                          what="the victim's runsc processes")
+    victim_id = await until(lambda: running_sandbox(executor), what="the victim's sandbox")
+    helpers = await until(lambda: helpers_up(state, victim_id, sealed), what="the victim's runsc processes")
     started = time.monotonic()
     for pid in helpers["runsc-sandbox"] + helpers["runsc-gofer"]:
         os.kill(pid, signal.SIGSTOP)
