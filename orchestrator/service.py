@@ -227,7 +227,9 @@ async def prepare_sealed(settings: Settings, info: RunscInfo | None, host: Sandb
                          languages: dict[str, Language], rootfs: dict[str, pathlib.Path]) -> SealedImages:
     """The sealed images of every language that allows one (built now when missing; a
     language whose image cannot be had runs unsealed, and ``/status`` says why)."""
-    images = SealedImages(settings.sealed_path, settings.state_dir / "sealed-root", mkfs=find_mkfs())
+    # The empty root lives with the images, not in the state dir: it is in every sealed spec,
+    # and so in the snapshot keys, which must not change with the state dir.
+    images = SealedImages(settings.sealed_path, settings.sealed_path / "empty-root", mkfs=find_mkfs())
     reason = sealed_off_reason(settings, info, host)
     for name, language in sorted(languages.items()):
         if not language.sealed:
