@@ -109,6 +109,7 @@ class SealedImages:
         try:
             self.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
             self.empty_root.mkdir(mode=0o555, parents=True, exist_ok=True)
+            os.chmod(self.empty_root, 0o555)  # whatever the umask (a unit's UMask=0077) took away
             if any(self.empty_root.iterdir()):
                 raise HostError(f"seal: the sealed sandboxes' root {self.empty_root} is not empty")
             target = self.directory / image_name(language, tree, runner_dir)

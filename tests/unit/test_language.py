@@ -59,7 +59,7 @@ def test_shipped_languages_load():
     assert nodejs.source_suffix == "\n\nmodule.exports = { main };"
     assert nodejs.static_check == "nodejs"
     assert nodejs.preload == ("axios",)
-    assert not nodejs.sealed
+    assert nodejs.sealed
 
 
 def test_a_script_language_loads(tmp_path):
