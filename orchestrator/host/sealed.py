@@ -33,6 +33,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 from orchestrator.errors import HostError
@@ -103,8 +104,6 @@ class SealedImages:
     def prepare(self, language: str, tree: pathlib.Path, runner_dir: pathlib.Path) -> pathlib.Path | None:
         """Find or build the image of ``tree`` with ``runner_dir``; None (and the reason kept)
         when it cannot be had.  Synchronous: call it in a thread."""
-        import time
-
         tree = pathlib.Path(os.path.realpath(tree))
         try:
             self.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -140,8 +139,6 @@ class SealedImages:
     def prune(self) -> list[str]:
         """Remove every image in the directory that no service holds, and temporaries older
         than a build may take (a younger one may be another service's build under way)."""
-        import time
-
         removed = []
         if not self.directory.is_dir():
             return removed
