@@ -43,9 +43,11 @@ LOAD = [("python", HELLO), ("python", "import pandas as pd\ndef main():\n    ret
         ("python", "import time\ndef main():\n    time.sleep(3)\n    return 'slow'\n")]
 
 
-async def test_kill_9_under_load_then_a_new_start_reaps_everything(start_server, chaos_snapshot_dir):
+@pytest.mark.parametrize("sealed", ["off", "auto"])
+async def test_kill_9_under_load_then_a_new_start_reaps_everything(start_server, chaos_snapshot_dir, sealed):
+    """Unsealed, the sandboxes' host workspaces are mounts to reap too; sealed, there are none."""
     server = start_server(SANDBOX_EXECUTOR_MANAGER_POOL_SIZE="1", SANDBOX_RUN_RATE_LIMIT="off",
-                          SANDBOX_SNAPSHOT_DIR=str(chaos_snapshot_dir), SANDBOX_TIMEOUT="20s")
+                          SANDBOX_SNAPSHOT_DIR=str(chaos_snapshot_dir), SANDBOX_TIMEOUT="20s", SANDBOX_SEALED=sealed)
     state = pathlib.Path(server.env["SANDBOX_STATE_DIR"])
     cgroups = Cgroups(CGROUP_ROOT, server.env["SANDBOX_CGROUP_PARENT"])
     work = itertools.cycle(LOAD)
@@ -73,7 +75,10 @@ async def test_kill_9_under_load_then_a_new_start_reaps_everything(start_server,
     stop.set()
     await asyncio.gather(*clients)
     assert runsc_processes(state), "a kill -9 under load leaves runsc processes running"
-    assert mounts_under(state / "sandboxes"), "and workspace mounts"
+    if sealed == "off":
+        assert mounts_under(state / "sandboxes"), "and workspace mounts"
+    else:
+        assert not mounts_under(state / "sandboxes"), "a sealed sandbox has no host workspace to mount"
     server.start()  # same port, state dir and cgroup parent
     await until(lambda: not (in_flight & set(cgroups.list_sandboxes())), timeout=60, what="old cgroups reaped")
     assert not in_flight & {entry.name for entry in (state / "sandboxes").iterdir()}
