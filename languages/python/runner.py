@@ -199,6 +199,20 @@ def _artifacts(workdir, rules):
     return found
 
 
+def _directory_marks(workdir):
+    """When the workspace and its artifacts/ last gained or lost an entry.  Equal before and
+    after a run: no file was created there, so no listing is needed (each system call is a
+    round trip to the sentry under ptrace; the two listings cost ~1 ms)."""
+    marks = []
+    for directory in (workdir, os.path.join(workdir, "artifacts")):
+        try:
+            info = os.lstat(directory)
+            marks.append((info.st_mtime_ns, info.st_ctime_ns, info.st_ino))
+        except OSError:
+            marks.append(None)
+    return marks
+
+
 def _send_artifacts(fd, workdir, rules):
     for name, data in _artifacts(workdir, rules):
         _send(fd, {"type": "artifact", "name": name, "size": len(data)})
@@ -209,9 +223,13 @@ def _send_artifacts(fd, workdir, rules):
 
 def _write_source(source, text):
     """The user's file, in a sealed workspace that only this sandbox sees."""
+    data = memoryview(text.encode("utf-8"))
     fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o444)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(text.encode("utf-8"))
+    try:  # os calls only: each is a round trip to the sentry (fdopen adds an fstat and an ioctl)
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
 
 
 def _print_user_traceback(exc):
@@ -295,6 +313,15 @@ def serve():
         request = _receive(ctl)
     workdir = os.getcwd()
     started = time.monotonic()
+    marks = None
+    if request.get("artifacts"):
+        if request.get("write_source") and request.get("code") is not None:
+            try:
+                _write_source(os.path.join(workdir, request["source"]), request["code"])
+            except OSError as exc:
+                print("Error: writing the source failed: %s" % exc, file=sys.stderr)
+            request = dict(request, write_source=False)
+        marks = _directory_marks(workdir)
     exit_code, returned, result_json = _run(request)
     duration_ms = (time.monotonic() - started) * 1000.0
     for stream in (sys.stdout, sys.stderr):
@@ -302,7 +329,7 @@ def serve():
             stream.flush()
         except (OSError, ValueError):
             pass
-    if exit_code == 0 and request.get("artifacts"):
+    if exit_code == 0 and request.get("artifacts") and _directory_marks(workdir) != marks:
         try:
             _send_artifacts(ctl, workdir, request["artifacts"])
         except (OSError, TypeError, ValueError) as exc:
