@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from bundles.spec import SpecParams, build_spec
 from bundles.validate import SpecError, validate_spec
 from bundles.writer import write_bundle
-from orchestrator.capture import Capture
 from orchestrator import artifacts
+from orchestrator.capture import Capture
 from orchestrator.errors import HostError, ProtocolError, RunscError, SandboxError
 from orchestrator.host import workspace
 from orchestrator.host.cgroups import DEFAULT_CPU_WEIGHT, CgroupLimits, Cgroups
