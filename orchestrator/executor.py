@@ -235,7 +235,7 @@ class Executor:
             record = await sandbox.run(job)
             exclude = frozenset({language.source_file, "arguments.json"})
             succeeded = record.exit_code == 0 and not (record.timed_out or record.oom_killed or record.output_exceeded)
-            if succeeded and sandbox.workspace_dir is None:
+            if succeeded and sandbox.sealed:
                 record.artifacts = as_contract(sandbox.artifacts)  # a sealed runner sent them
             elif succeeded and has_candidates(sandbox.workspace_dir, exclude=exclude):
                 record.artifacts = await asyncio.to_thread(collect_artifacts, sandbox.workspace_dir, exclude=exclude)

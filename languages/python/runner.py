@@ -262,8 +262,6 @@ def _run(request):
     """Load the user's module and call main; return (exit_code, returned, result_json)."""
     workdir = os.getcwd()
     source = os.path.join(workdir, request["source"])
-    if request.get("write_source") and request.get("code") is not None:
-        _write_source(source, request["code"])
     sys.argv = [source]
     sys.path.insert(0, workdir)
     try:
@@ -313,15 +311,12 @@ def serve():
         request = _receive(ctl)
     workdir = os.getcwd()
     started = time.monotonic()
-    marks = None
-    if request.get("artifacts"):
-        if request.get("write_source") and request.get("code") is not None:
-            try:
-                _write_source(os.path.join(workdir, request["source"]), request["code"])
-            except OSError as exc:
-                print("Error: writing the source failed: %s" % exc, file=sys.stderr)
-            request = dict(request, write_source=False)
-        marks = _directory_marks(workdir)
+    if request.get("write_source") and request.get("code") is not None:
+        try:
+            _write_source(os.path.join(workdir, request["source"]), request["code"])
+        except OSError as exc:
+            print("Error: writing the source failed: %s" % exc, file=sys.stderr)
+    marks = _directory_marks(workdir) if request.get("artifacts") else None
     exit_code, returned, result_json = _run(request)
     duration_ms = (time.monotonic() - started) * 1000.0
     for stream in (sys.stdout, sys.stderr):

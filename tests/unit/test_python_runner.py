@@ -89,17 +89,22 @@ def test_reseed_draws_fresh_state_for_what_was_seeded_before_a_checkpoint():
     assert tempfile._name_sequence is None
 
 
-def test_resume_frames_are_answered_with_ready_until_the_request(tmp_path):
-    """The runner's loop as a restored sandbox sees it: resume -> ready (reseeded), then run."""
+def start_runner(workdir):
+    """The runner as a sandbox starts it, its control socket on fd 0: (process, our end, reader)."""
     import socket
     import subprocess
     import sys
 
     ours, theirs = socket.socketpair()
-    process = subprocess.Popen([sys.executable, "-I", "-B", str(RUNNER)], stdin=theirs, cwd=tmp_path,
+    process = subprocess.Popen([sys.executable, "-I", "-B", str(RUNNER)], stdin=theirs, cwd=workdir,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     theirs.close()
-    reader = ours.makefile("rb")
+    return process, ours, ours.makefile("rb")
+
+
+def test_resume_frames_are_answered_with_ready_until_the_request(tmp_path):
+    """The runner's loop as a restored sandbox sees it: resume -> ready (reseeded), then run."""
+    process, ours, reader = start_runner(tmp_path)
     try:
         assert json.loads(reader.readline())["type"] == "ready"
         ours.sendall(b'{"type": "resume"}\n')
@@ -145,15 +150,7 @@ def test_a_sealed_run_writes_its_source_and_sends_the_artifacts_by_the_services_
     source from the run frame and, before "done", the artifacts come as frames + bytes:
     artifacts/ first, then the root; not a symlink, an empty or oversized file, a name of
     another type or the source itself; wherever main() moved the current directory."""
-    import socket
-    import subprocess
-    import sys
-
-    ours, theirs = socket.socketpair()
-    process = subprocess.Popen([sys.executable, "-I", "-B", str(RUNNER)], stdin=theirs, cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    theirs.close()
-    reader = ours.makefile("rb")
+    process, ours, reader = start_runner(tmp_path)
     try:
         assert json.loads(reader.readline())["type"] == "ready"
         assert (tmp_path / "artifacts").is_dir()  # made before "ready": part of a snapshot
@@ -171,20 +168,12 @@ def test_a_sealed_run_writes_its_source_and_sends_the_artifacts_by_the_services_
 
 
 def test_a_failed_sealed_run_sends_no_artifacts_and_the_count_is_capped(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
     code = "def main(fail):\n    for i in range(5):\n        open('artifacts/%d.png' % i, 'wb').write(b'x')\n" \
            "    if fail:\n        raise RuntimeError('no')\n"
     for fail, expected in ((True, []), (False, ["0.png", "1.png", "2.png"])):
         workdir = tmp_path / str(fail)
         workdir.mkdir()
-        ours, theirs = socket.socketpair()
-        process = subprocess.Popen([sys.executable, "-I", "-B", str(RUNNER)], stdin=theirs, cwd=workdir,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        theirs.close()
-        reader = ours.makefile("rb")
+        process, ours, reader = start_runner(workdir)
         try:
             json.loads(reader.readline())
             rules = {"max_count": 3, "max_bytes": 100, "suffixes": [".png"], "exclude": []}
