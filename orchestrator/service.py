@@ -237,8 +237,7 @@ async def prepare_sealed(settings: Settings, info: RunscInfo | None, host: Sandb
         if reason is not None:
             images.reasons[name] = reason
             continue
-        await asyncio.to_thread(images.prepare, name, pathlib.Path(os.path.realpath(rootfs[name])),
-                                language.definition_dir)
+        await asyncio.to_thread(images.prepare, name, rootfs[name], language.definition_dir)  # it resolves the link
     if reason is None:
         removed = await asyncio.to_thread(images.prune)
         if removed:

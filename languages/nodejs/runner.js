@@ -42,17 +42,18 @@ function regularContent(file, maxBytes) {
     if (!info.isFile() || info.size <= 0 || info.size > maxBytes) {
       return null;
     }
-    const data = Buffer.alloc(maxBytes + 1);
+    const chunks = [];
     let size = 0;
-    for (;;) {
-      const read = fs.readSync(fd, data, size, data.length - size, null);
-      if (read === 0 || size + read > maxBytes) {
-        size += read;
+    while (size <= maxBytes) { // up to one byte past the cap, in chunks of at most 1 MB, like the Python runner
+      const chunk = Buffer.alloc(Math.min(1 << 20, maxBytes + 1 - size));
+      const read = fs.readSync(fd, chunk, 0, chunk.length, null);
+      if (read === 0) {
         break;
       }
+      chunks.push(chunk.subarray(0, read));
       size += read;
     }
-    return size > 0 && size <= maxBytes ? data.subarray(0, size) : null;
+    return size > 0 && size <= maxBytes ? Buffer.concat(chunks, size) : null;
   } catch (err) {
     return null;
   } finally {

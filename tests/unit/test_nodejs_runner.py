@@ -11,6 +11,8 @@ import subprocess
 
 import pytest
 
+from tests.unit.control_frames import read_until_done
+
 RUNNER = pathlib.Path(__file__).resolve().parents[2] / "languages" / "nodejs" / "runner.js"
 NODE = shutil.which("node")
 
@@ -39,19 +41,12 @@ def sealed_run(workdir: pathlib.Path, arguments: dict) -> list[dict]:
                                stderr=subprocess.PIPE)
     theirs.close()
     reader = ours.makefile("rb")
-    frames = []
     try:
         assert json.loads(reader.readline())["type"] == "ready"
         assert (workdir / "artifacts").is_dir()  # made before "ready"
         ours.sendall(json.dumps({"type": "run", "source": "main.js", "arguments": arguments, "code": CODE,
                                  "write_source": True, "artifacts": RULES}).encode() + b"\n")
-        while True:
-            frame = json.loads(reader.readline())
-            if frame["type"] == "artifact":
-                frame["data"] = reader.read(frame["size"])
-            frames.append(frame)
-            if frame["type"] == "done":
-                return frames
+        return read_until_done(reader)
     finally:
         ours.close()
         process.wait(timeout=10)

@@ -11,6 +11,8 @@ import pathlib
 
 import pytest
 
+from tests.unit.control_frames import read_until_done
+
 RUNNER = pathlib.Path(__file__).resolve().parents[2] / "languages" / "python" / "runner.py"
 
 
@@ -119,18 +121,6 @@ def test_resume_frames_are_answered_with_ready_until_the_request(tmp_path):
         process.wait(timeout=10)
 
 
-def _read_frames(reader):
-    """Frames up to "done"; an artifact frame's payload (its size in bytes) follows it."""
-    frames = []
-    while True:
-        frame = json.loads(reader.readline())
-        if frame["type"] == "artifact":
-            frame["data"] = reader.read(frame["size"])
-        frames.append(frame)
-        if frame["type"] == "done":
-            return frames
-
-
 SEALED_CODE = '''
 import os
 def main():
@@ -157,7 +147,7 @@ def test_a_sealed_run_writes_its_source_and_sends_the_artifacts_by_the_services_
         rules = {"max_count": 10, "max_bytes": 1000, "suffixes": [".png", ".csv", ".py"], "exclude": ["main.py"]}
         ours.sendall(json.dumps({"type": "run", "source": "main.py", "arguments": {}, "code": SEALED_CODE,
                                  "write_source": True, "artifacts": rules}).encode() + b"\n")
-        frames = _read_frames(reader)
+        frames = read_until_done(reader)
     finally:
         ours.close()
         process.wait(timeout=10)
@@ -179,7 +169,7 @@ def test_a_failed_sealed_run_sends_no_artifacts_and_the_count_is_capped(tmp_path
             rules = {"max_count": 3, "max_bytes": 100, "suffixes": [".png"], "exclude": []}
             ours.sendall(json.dumps({"type": "run", "source": "main.py", "arguments": {"fail": fail}, "code": code,
                                      "write_source": True, "artifacts": rules}).encode() + b"\n")
-            frames = _read_frames(reader)
+            frames = read_until_done(reader)
         finally:
             ours.close()
             process.wait(timeout=10)
